@@ -1,0 +1,448 @@
+//! eBPF programs of the split-lock tracer.
+//!
+//! Two layers, on purpose:
+//! 1. exact per-thread counters in `THREAD_COUNTERS`, updated first, so they
+//!    stay exact when the ring buffer is full;
+//! 2. a detailed record per event in the `EVENTS` ring buffer, whose
+//!    reservation failures are counted per CPU and per kind in `RING_DROPS`.
+//!
+//! The punishment primitives (`msleep_interruptible`, `down_interruptible`)
+//! are called from all over the kernel; their return probes only report while
+//! the current thread is inside a split-lock handler (`SPLIT_LOCK_WINDOW`,
+//! set by the handler's entry probe and cleared by its return probe).
+#![no_std]
+#![no_main]
+// The BPF target has no compare-and-swap, so core's atomics offer no
+// `fetch_add`; the intrinsic lowers to the BPF atomic add instruction.
+// Allowed on the stable toolchain by the RUSTC_BOOTSTRAP=1 the build sets.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic add on the BPF target, see above")]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{kprobe, kretprobe, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use tracer_common::{
+    BUS_ADRALN, COMM_LEN, EVENT_KIND_SLOTS, EventHeader, EventKind, FIELD_ABSENT, KVM_RUN_EINTR,
+    KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent, SI_TIMER, SIGBUS,
+    SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent, ThreadCounters, TracerConfig,
+    kvm_exit_reason, vmx,
+};
+
+/// Filled in by the loader (field offsets read from tracefs at start-up).
+#[unsafe(no_mangle)]
+static TRACER_CONFIG: TracerConfig = TracerConfig::UNSET;
+
+/// Default ring size; the loader may override it.
+const EVENTS_BYTES: u32 = 1 << 22;
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "RING_DROPS")]
+static RING_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
+
+#[map(name = "THREAD_COUNTERS")]
+static THREAD_COUNTERS: LruHashMap<u32, ThreadCounters> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "SPLIT_LOCK_WINDOW")]
+static SPLIT_LOCK_WINDOW: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// x86-64 `struct pt_regs`: `ip` is the 17th 8-byte slot (r15 .. orig_ax, ip).
+const PT_REGS_IP_OFFSET: usize = 16 * 8;
+
+#[inline(always)]
+fn config() -> TracerConfig {
+    // SAFETY: a plain read of a global the loader rewrote before load; volatile
+    // so the compiler cannot fold the compile-time default.
+    unsafe { core::ptr::read_volatile(&raw const TRACER_CONFIG) }
+}
+
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+#[inline(always)]
+fn header(kind: EventKind, now: u64, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
+        timestamp_ns: now,
+        kind: kind as u16,
+        reserved: 0,
+        // SAFETY: helper without preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        tgid,
+        tid,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn count_drop(kind: EventKind) {
+    if let Some(slot) = RING_DROPS.get_ptr_mut(kind as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while preemption is off.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Writes `event` into the ring buffer or counts the drop.
+#[inline(always)]
+fn emit<T: 'static>(kind: EventKind, event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => count_drop(kind),
+    }
+}
+
+#[inline(always)]
+fn bump(field: &mut u64) {
+    // SAFETY: the map value lives as long as the program runs; the atomic add
+    // keeps concurrent updates from several CPUs (signals are generated on
+    // any CPU) exact.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}
+
+/// Returns the counters of `tid`, creating them when `create` is set.
+#[inline(always)]
+fn counters(tid: u32, create: bool) -> Option<&'static mut ThreadCounters> {
+    if let Some(ptr) = THREAD_COUNTERS.get_ptr_mut(tid) {
+        // SAFETY: pointer into a map value, valid for the program's run.
+        return Some(unsafe { &mut *ptr });
+    }
+    if !create {
+        return None;
+    }
+    let fresh = ThreadCounters {
+        first_seen_ns: now_ns(),
+        ..ThreadCounters::default()
+    };
+    // Another CPU may win the race; either way the entry exists afterwards.
+    let _ = THREAD_COUNTERS.insert(tid, fresh, u64::from(BPF_NOEXIST));
+    // SAFETY: as above.
+    THREAD_COUNTERS.get_ptr_mut(tid).map(|ptr| unsafe { &mut *ptr })
+}
+
+/// Counters of the current thread, with its tgid recorded.
+#[inline(always)]
+fn own_counters(tgid: u32, tid: u32, now: u64) -> Option<&'static mut ThreadCounters> {
+    let counters = counters(tid, true)?;
+    counters.tgid = tgid;
+    counters.last_seen_ns = now;
+    Some(counters)
+}
+
+#[inline(always)]
+fn filtered_out(tgid: u32) -> bool {
+    let filter = config().filter_tgid;
+    filter != 0 && filter != tgid
+}
+
+// ---------------------------------------------------------------------------
+// Split-lock handlers (kprobes; optional, they need CONFIG_KPROBES).
+
+fn split_lock_entry(kind: EventKind, ip: u64) {
+    let (tgid, tid) = current_ids();
+    if filtered_out(tgid) {
+        return;
+    }
+    let now = now_ns();
+    let _ = SPLIT_LOCK_WINDOW.insert(tid, now, 0);
+    if let Some(counters) = own_counters(tgid, tid, now) {
+        match kind {
+            EventKind::GuestSplitLockEntry => bump(&mut counters.guest_split_lock_traps),
+            EventKind::UserSplitLockEntry => bump(&mut counters.user_split_lock_traps),
+            _ => bump(&mut counters.split_lock_warns),
+        }
+    }
+    emit(
+        kind,
+        SplitLockTrapEvent {
+            header: header(kind, now, tgid, tid),
+            ip,
+        },
+    );
+}
+
+fn split_lock_return(kind: EventKind, handled: u64) {
+    let (tgid, tid) = current_ids();
+    if filtered_out(tgid) {
+        return;
+    }
+    let now = now_ns();
+    let entered = SPLIT_LOCK_WINDOW.get_ptr(tid).map(|ptr| {
+        // SAFETY: pointer into a map value.
+        unsafe { *ptr }
+    });
+    let _ = SPLIT_LOCK_WINDOW.remove(tid);
+    if handled == 0
+        && let Some(counters) = own_counters(tgid, tid, now)
+    {
+        bump(&mut counters.split_lock_not_handled);
+    }
+    emit(
+        kind,
+        SplitLockReturnEvent {
+            header: header(kind, now, tgid, tid),
+            handled,
+            duration_ns: entered.map_or(0, |start| now.saturating_sub(start)),
+        },
+    );
+}
+
+/// `bool handle_guest_split_lock(unsigned long ip)`, called by kvm_intel on a guest #AC.
+#[kprobe]
+pub fn handle_guest_split_lock(ctx: ProbeContext) -> u32 {
+    split_lock_entry(EventKind::GuestSplitLockEntry, ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn handle_guest_split_lock_ret(ctx: RetProbeContext) -> u32 {
+    split_lock_return(EventKind::GuestSplitLockReturn, ctx.ret::<u64>() & 0xff);
+    0
+}
+
+/// `bool handle_user_split_lock(struct pt_regs *regs, long error_code)`.
+#[kprobe]
+pub fn handle_user_split_lock(ctx: ProbeContext) -> u32 {
+    let ip = ctx.arg::<u64>(0).map_or(0, |regs| {
+        // SAFETY: bpf_probe_read_kernel validates the address.
+        unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP_OFFSET) as *const u64) }
+            .unwrap_or(0)
+    });
+    split_lock_entry(EventKind::UserSplitLockEntry, ip);
+    0
+}
+
+#[kretprobe]
+pub fn handle_user_split_lock_ret(ctx: RetProbeContext) -> u32 {
+    split_lock_return(EventKind::UserSplitLockReturn, ctx.ret::<u64>() & 0xff);
+    0
+}
+
+/// `static void split_lock_warn(unsigned long ip)`: the misery path.
+#[kprobe]
+pub fn split_lock_warn(ctx: ProbeContext) -> u32 {
+    split_lock_entry(EventKind::SplitLockWarn, ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+fn punishment_return(kind: EventKind, retval: i64) {
+    let (tgid, tid) = current_ids();
+    // Only inside a split-lock handler: these functions run everywhere.
+    if SPLIT_LOCK_WINDOW.get_ptr(tid).is_none() {
+        return;
+    }
+    let now = now_ns();
+    if let Some(counters) = own_counters(tgid, tid, now) {
+        let field = match (kind, retval) {
+            (EventKind::MsleepInterruptibleReturn, 0) => &mut counters.sleeps_completed,
+            (EventKind::MsleepInterruptibleReturn, _) => &mut counters.sleeps_interrupted,
+            (_, 0) => &mut counters.semaphore_acquired,
+            _ => &mut counters.semaphore_interrupted,
+        };
+        bump(field);
+    }
+    emit(
+        kind,
+        PunishmentReturnEvent {
+            header: header(kind, now, tgid, tid),
+            retval,
+        },
+    );
+}
+
+/// `unsigned long msleep_interruptible(unsigned int msecs)`: remaining ms.
+#[kretprobe]
+pub fn msleep_interruptible_ret(ctx: RetProbeContext) -> u32 {
+    punishment_return(EventKind::MsleepInterruptibleReturn, ctx.ret::<u64>() as i64);
+    0
+}
+
+/// `int down_interruptible(struct semaphore *sem)`: 0 or -EINTR.
+#[kretprobe]
+pub fn down_interruptible_ret(ctx: RetProbeContext) -> u32 {
+    punishment_return(
+        EventKind::DownInterruptibleReturn,
+        i64::from(ctx.ret::<u64>() as i32),
+    );
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Tracepoints (always available where the kvm and signal events exist).
+
+#[inline(always)]
+fn read_i32(ctx: &TracePointContext, offset: u32) -> Option<i32> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: the offset comes from the event's tracefs format file.
+    unsafe { ctx.read_at::<i32>(offset as usize) }.ok()
+}
+
+#[inline(always)]
+fn read_u32(ctx: &TracePointContext, offset: u32) -> u32 {
+    read_i32(ctx, offset).map_or(0, |value| value as u32)
+}
+
+#[inline(always)]
+fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
+    if offset == FIELD_ABSENT {
+        return 0;
+    }
+    // SAFETY: as in read_i32.
+    unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
+}
+
+/// `signal:signal_generate`: timer signals anywhere, SIGBUS/BUS_ADRALN
+/// anywhere, and any signal aimed at a thread the tracer already counts.
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let layout = config().signal_generate;
+    let (Some(sig), Some(code), Some(target)) = (
+        read_i32(&ctx, layout.sig),
+        read_i32(&ctx, layout.code),
+        read_i32(&ctx, layout.pid),
+    ) else {
+        return 0;
+    };
+    let is_timer = code == SI_TIMER;
+    let is_sigbus = sig == SIGBUS && code == BUS_ADRALN;
+    let Some(counters) = counters(target as u32, is_timer || is_sigbus) else {
+        return 0;
+    };
+    let now = now_ns();
+    counters.last_seen_ns = now;
+    if is_timer {
+        bump(&mut counters.timer_signals);
+    } else {
+        bump(&mut counters.other_signals);
+    }
+    if is_sigbus {
+        bump(&mut counters.sigbus_adraln);
+    }
+    let (tgid, tid) = current_ids();
+    emit(
+        EventKind::SignalGenerate,
+        SignalGenerateEvent {
+            header: header(EventKind::SignalGenerate, now, tgid, tid),
+            sig,
+            errno: read_i32(&ctx, layout.errno).unwrap_or(0),
+            code,
+            target_tid: target,
+            group: read_i32(&ctx, layout.group).unwrap_or(-1),
+            result: read_i32(&ctx, layout.result).unwrap_or(-1),
+        },
+    );
+    0
+}
+
+/// `kvm:kvm_userspace_exit`: every return of KVM_RUN, in the vCPU thread.
+#[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
+pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if filtered_out(tgid) {
+        return 0;
+    }
+    let layout = config().kvm_userspace_exit;
+    let reason = read_u32(&ctx, layout.reason);
+    let errno = read_i32(&ctx, layout.errno).unwrap_or(0);
+    let now = now_ns();
+    if let Some(counters) = own_counters(tgid, tid, now) {
+        bump(&mut counters.userspace_exits);
+        if errno == KVM_RUN_EINTR {
+            bump(&mut counters.userspace_exits_eintr);
+        } else if errno == 0
+            && matches!(
+                reason,
+                kvm_exit_reason::INTERNAL_ERROR
+                    | kvm_exit_reason::FAIL_ENTRY
+                    | kvm_exit_reason::SHUTDOWN
+            )
+        {
+            bump(&mut counters.userspace_exits_error);
+        }
+    }
+    emit(
+        EventKind::KvmUserspaceExit,
+        KvmUserspaceExitEvent {
+            header: header(EventKind::KvmUserspaceExit, now, tgid, tid),
+            reason,
+            errno,
+        },
+    );
+    0
+}
+
+/// `kvm:kvm_exit`: counted always; recorded for split-lock #AC exits (VMX
+/// exit reason 0 with a valid hardware-exception #AC in `intr_info`) and for
+/// failed VM entries.
+#[tracepoint(category = "kvm", name = "kvm_exit")]
+pub fn kvm_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if filtered_out(tgid) {
+        return 0;
+    }
+    let layout = config().kvm_exit;
+    let exit_reason = read_u32(&ctx, layout.exit_reason);
+    let isa = read_u32(&ctx, layout.isa);
+    let intr_info = read_u32(&ctx, layout.intr_info);
+    let vcpu_id = read_u32(&ctx, layout.vcpu_id);
+    let split_lock = isa == vmx::ISA_VMX
+        && exit_reason == vmx::EXIT_REASON_EXCEPTION_NMI
+        && intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC;
+    let failed_entry = isa == vmx::ISA_VMX && exit_reason & vmx::EXIT_REASON_FAILED_VMENTRY != 0;
+    let now = now_ns();
+    if let Some(counters) = own_counters(tgid, tid, now) {
+        counters.vcpu_id_plus_one = vcpu_id.wrapping_add(1);
+        bump(&mut counters.kvm_exits);
+        if split_lock {
+            bump(&mut counters.kvm_exits_split_lock);
+        }
+    }
+    if !(split_lock || failed_entry) {
+        return 0;
+    }
+    emit(
+        EventKind::KvmExit,
+        KvmExitEvent {
+            header: header(EventKind::KvmExit, now, tgid, tid),
+            exit_reason,
+            isa,
+            guest_rip: read_u64(&ctx, layout.guest_rip),
+            info1: read_u64(&ctx, layout.info1),
+            info2: read_u64(&ctx, layout.info2),
+            intr_info,
+            error_code: read_u32(&ctx, layout.error_code),
+            vcpu_id,
+            reserved: 0,
+        },
+    );
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,292 @@
+//! Command-line definitions shared by every subcommand.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::repro::{GuestProgram, TimerMode};
+
+/// Live eBPF tracer for the KVM split-lock "punish, sleep interrupted, retry" livelock.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version = crate::version::LONG_VERSION, about, long_about = None)]
+pub struct Cli {
+    /// Subcommand; `live` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Live per-vCPU table of split-lock traps, punishments, signals and KVM exits.
+    #[command(
+        after_help = "Example:\n  tracer live -i 1s --vm 100\n  tracer live -p $(pidof qemu-system-x86_64) -d 30s --json"
+    )]
+    Live(LiveArgs),
+    /// Record events to a versioned JSON Lines file.
+    #[command(after_help = "Example:\n  tracer record -o hang.jsonl -d 30s")]
+    Record(RecordArgs),
+    /// Replay a recording through the model and print the table, ftrace text, JSON or Perfetto.
+    #[command(
+        after_help = "Example:\n  tracer report hang.jsonl\n  tracer report hang.jsonl --format ftrace > for-lkml.txt"
+    )]
+    Report(ReportArgs),
+    /// Try to attach every probe, print the probe table, detach.
+    #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
+    Probes(ProbesArgs),
+    /// Check the host's split-lock and KVM configuration.
+    #[command(
+        after_help = "Example:\n  tracer doctor\n  tracer doctor --root /tmp/host-snapshot --json"
+    )]
+    Doctor(DoctorArgs),
+    /// Run the seed's KVM reproducer: a guest looping on a split-locked `lock bts`, kicked by a timer signal.
+    #[command(
+        after_help = "Example:\n  tracer repro --period 1ms -d 5s\n  tracer repro --sweep 1..20 -d 1s --vcpus 2"
+    )]
+    Repro(ReproArgs),
+}
+
+/// Options every tracing command shares.
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    /// Trace only this process (e.g. a QEMU pid).
+    #[arg(short = 'p', long = "pid")]
+    pub pid: Option<u32>,
+    /// Stop after this long (`30s`, `2m`, or plain seconds).
+    #[arg(short = 'd', long = "duration", value_parser = parse_duration_seconds)]
+    pub duration: Option<Duration>,
+    /// Ring-buffer size in MiB (power of two).
+    #[arg(long = "ring-mib", value_parser = parse_ring_mib)]
+    pub ring_mib: Option<u32>,
+}
+
+/// `tracer live`.
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Common tracing options.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Redraw interval (`1s`, `500ms`, or plain seconds).
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    pub interval: Duration,
+    /// Only this VM (QEMU `-name` or Proxmox VMID).
+    #[arg(long = "vm")]
+    pub vm: Option<String>,
+    /// Include quiet vCPU threads.
+    #[arg(long = "all")]
+    pub all: bool,
+    /// Print one JSON object per interval instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Also record every event to this file.
+    #[arg(long = "record")]
+    pub record: Option<PathBuf>,
+    /// Overwrite an existing recording file.
+    #[arg(long = "force")]
+    pub force: bool,
+}
+
+/// `tracer record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Common tracing options.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Output file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long = "force")]
+    pub force: bool,
+    /// Replace hostname, VM names and command lines with stable placeholders.
+    #[arg(long = "redact")]
+    pub redact: bool,
+}
+
+/// Output formats of `tracer report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// The live view's table and verdicts.
+    Table,
+    /// Metadata header and ftrace-style lines for a mail to kernel developers.
+    Ftrace,
+    /// Summary as JSON.
+    Json,
+    /// Perfetto TrackEvent protobuf (needs -o).
+    Perfetto,
+}
+
+/// `tracer report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Recording to read.
+    pub input: PathBuf,
+    /// Output format.
+    #[arg(long = "format", value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Output file (stdout when omitted; required for perfetto).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+/// `tracer probes`.
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// `tracer doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Read a captured host snapshot instead of this host.
+    #[arg(long = "root", default_value = "/")]
+    pub root: PathBuf,
+    /// Print JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Copy the files doctor reads into this directory.
+    #[arg(long = "collect")]
+    pub collect: Option<PathBuf>,
+    /// With --collect: replace hostname and command lines with placeholders.
+    #[arg(long = "redact")]
+    pub redact: bool,
+}
+
+/// `tracer repro`.
+#[derive(Debug, Args)]
+pub struct ReproArgs {
+    /// Timer period (`1ms`, `500us`, plain number = milliseconds).
+    #[arg(long = "period", default_value = "1ms", value_parser = parse_duration_millis, conflicts_with = "sweep")]
+    pub period: Duration,
+    /// Sweep periods in milliseconds, `FROM..TO` inclusive.
+    #[arg(long = "sweep", value_parser = parse_sweep)]
+    pub sweep: Option<(u64, u64)>,
+    /// Step of the sweep in milliseconds.
+    #[arg(long = "step", default_value_t = 1)]
+    pub step: u64,
+    /// How long to run each period (`5s`, plain seconds).
+    #[arg(short = 'd', long = "duration", default_value = "5s", value_parser = parse_duration_seconds)]
+    pub duration: Duration,
+    /// Number of vCPUs (one thread each).
+    #[arg(long = "vcpus", default_value_t = 1)]
+    pub vcpus: u32,
+    /// Signal number used as the kick (SIGUSR1 = 10).
+    #[arg(long = "signal", default_value_t = libc::SIGUSR1)]
+    pub signal: i32,
+    /// Guest program.
+    #[arg(long = "guest", value_enum, default_value = "split-lock-loop")]
+    pub guest: GuestProgram,
+    /// Timer arming mode.
+    #[arg(long = "timer-mode", value_enum, default_value = "per-run")]
+    pub timer_mode: TimerMode,
+    /// Print JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+fn parse_duration_with_default_unit(
+    text: &str,
+    default_unit_nanos: f64,
+) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("expected a duration such as 5s, 2m, 500ms or a plain number, got {text:?}")
+    })?;
+    let nanos_per_unit = match unit.trim() {
+        "" => default_unit_nanos,
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ns, us, ms, s, m, h)"
+            ));
+        }
+    };
+    let nanos = value * nanos_per_unit;
+    if !nanos.is_finite() || nanos < 0.0 || nanos > 1e18 {
+        return Err(format!("duration {text:?} is out of range"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// Parses `5s`, `2m`, `500ms` or plain seconds.
+pub fn parse_duration_seconds(text: &str) -> Result<Duration, String> {
+    parse_duration_with_default_unit(text, 1e9)
+}
+
+/// Parses `1ms`, `500us` or plain milliseconds.
+pub fn parse_duration_millis(text: &str) -> Result<Duration, String> {
+    parse_duration_with_default_unit(text, 1e6)
+}
+
+fn parse_sweep(text: &str) -> Result<(u64, u64), String> {
+    let (from, to) = text
+        .split_once("..")
+        .ok_or_else(|| format!("expected FROM..TO in milliseconds, got {text:?}"))?;
+    let from: u64 = from
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad FROM in {text:?}"))?;
+    let to: u64 = to
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad TO in {text:?}"))?;
+    if from == 0 || from > to {
+        return Err(format!("expected 0 < FROM <= TO, got {text:?}"));
+    }
+    Ok((from, to))
+}
+
+fn parse_ring_mib(text: &str) -> Result<u32, String> {
+    let mib: u32 = text
+        .parse()
+        .map_err(|_| format!("expected a number of MiB, got {text:?}"))?;
+    if !mib.is_power_of_two() || mib > 1024 {
+        return Err(format!(
+            "ring size must be a power of two up to 1024 MiB, got {mib}"
+        ));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_plain_numbers() {
+        assert_eq!(parse_duration_seconds("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration_seconds("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration_seconds("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(
+            parse_duration_seconds("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(parse_duration_millis("1"), Ok(Duration::from_millis(1)));
+        assert_eq!(
+            parse_duration_millis("250us"),
+            Ok(Duration::from_micros(250))
+        );
+        assert!(parse_duration_seconds("5 parsecs").is_err());
+        assert!(parse_duration_seconds("").is_err());
+    }
+
+    #[test]
+    fn sweep_and_ring_validation() {
+        assert_eq!(parse_sweep("1..20"), Ok((1, 20)));
+        assert!(parse_sweep("5..1").is_err());
+        assert!(parse_sweep("0..3").is_err());
+        assert_eq!(parse_ring_mib("8"), Ok(8));
+        assert!(parse_ring_mib("3").is_err());
+    }
+}

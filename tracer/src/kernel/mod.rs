@@ -1,0 +1,4 @@
+//! Reading the running kernel: symbols and tracefs formats.
+
+pub mod kallsyms;
+pub mod tracefs;

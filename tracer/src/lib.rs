@@ -1,0 +1,15 @@
+//! Split-lock livelock tracer: library behind the `tracer` binary, so tests
+//! and xtask can drive every piece.
+
+pub mod cli;
+pub mod commands;
+pub mod events;
+pub mod kernel;
+pub mod probes;
+pub mod repro;
+pub mod session;
+pub mod version;
+
+/// The eBPF object built by `build.rs` (all probes in one object).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));

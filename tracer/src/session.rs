@@ -1,0 +1,321 @@
+//! A tracing session: the loaded eBPF object, its probes, the ring-buffer
+//! reader and the in-kernel counters. Dropping the session detaches every
+//! program and frees every map.
+
+use std::{collections::BTreeMap, os::fd::AsRawFd as _, path::PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tracer_common::{
+    CONFIG_GLOBAL, EVENT_KIND_SLOTS, EventKind, ThreadCounters, TracerConfig, map_names,
+};
+
+use crate::{
+    events::{DecodeError, Event, decode},
+    kernel::{
+        kallsyms::Kallsyms,
+        tracefs::{self, EventFormat},
+    },
+    probes::{self, AttachContext, ProbeReport, TracingMode},
+};
+
+/// Options of a session.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Trace only this process (0 or `None` = all).
+    pub pid: Option<u32>,
+    /// Ring-buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: Option<u32>,
+}
+
+/// Why a tracepoint layout could not be read (the probe is then skipped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutProblem {
+    /// `category:event`.
+    pub event: String,
+    /// The error.
+    pub reason: String,
+}
+
+/// Counts of what was lost, per cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossCounts {
+    /// Ring-buffer reservation failures per event kind name (kernel side).
+    pub ring_full: BTreeMap<String, u64>,
+    /// Records that could not be decoded, per error text.
+    pub undecodable: BTreeMap<String, u64>,
+}
+
+impl LossCounts {
+    /// Total ring-buffer drops.
+    pub fn ring_total(&self) -> u64 {
+        self.ring_full.values().sum()
+    }
+
+    /// Total undecodable records.
+    pub fn undecodable_total(&self) -> u64 {
+        self.undecodable.values().sum()
+    }
+
+    /// Everything lost.
+    pub fn total(&self) -> u64 {
+        self.ring_total() + self.undecodable_total()
+    }
+
+    /// Records one decode failure.
+    pub fn count_undecodable(&mut self, error: &DecodeError) {
+        *self.undecodable.entry(error.to_string()).or_default() += 1;
+    }
+}
+
+/// A running tracing session.
+pub struct TraceSession {
+    ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// Which probes attached, and why others did not.
+    pub probes: ProbeReport,
+    /// The mode the probe set allows.
+    pub mode: TracingMode,
+    /// Tracepoint layouts that could not be read.
+    pub layout_problems: Vec<LayoutProblem>,
+    /// tracefs mount point used.
+    pub tracefs: Option<PathBuf>,
+    /// Undecodable-record counts (kernel drops are read from the map).
+    undecodable: LossCounts,
+}
+
+/// Checks for root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for older kernels).
+pub fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!(
+        "tracing needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); run with sudo"
+    )
+}
+
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer. Failure is fine on kernels
+    // that account BPF memory to the memory cgroup (5.11+).
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const limit) };
+}
+
+/// Reads the tracepoint layouts of the running kernel into a config.
+pub fn read_config(
+    tracefs: Option<&std::path::Path>,
+    pid: Option<u32>,
+) -> (TracerConfig, Vec<LayoutProblem>) {
+    let mut config = TracerConfig::UNSET;
+    config.filter_tgid = pid.unwrap_or(0);
+    let mut problems = Vec::new();
+    let Some(tracefs) = tracefs else {
+        problems.push(LayoutProblem {
+            event: "*".into(),
+            reason: "tracefs not available".into(),
+        });
+        return (config, problems);
+    };
+    let mut problem = |event: &str, error: &dyn std::fmt::Display| {
+        problems.push(LayoutProblem {
+            event: event.into(),
+            reason: error.to_string(),
+        });
+    };
+    match EventFormat::read(tracefs, "signal", "signal_generate")
+        .and_then(|format| format.signal_generate_layout())
+    {
+        Ok(layout) => config.signal_generate = layout,
+        Err(error) => problem("signal:signal_generate", &error),
+    }
+    match EventFormat::read(tracefs, "kvm", "kvm_userspace_exit")
+        .and_then(|format| format.kvm_userspace_exit_layout())
+    {
+        Ok(layout) => config.kvm_userspace_exit = layout,
+        Err(error) => problem("kvm:kvm_userspace_exit", &error),
+    }
+    match EventFormat::read(tracefs, "kvm", "kvm_exit").and_then(|format| format.kvm_exit_layout())
+    {
+        Ok(layout) => config.kvm_exit = layout,
+        Err(error) => problem("kvm:kvm_exit", &error),
+    }
+    (config, problems)
+}
+
+/// The loaded object with every probe tried; the start of any session.
+pub struct AttachedProbes {
+    /// The loaded object (programs detach when it drops).
+    pub ebpf: Ebpf,
+    /// Which probes attached, and why others did not.
+    pub report: ProbeReport,
+    /// Tracepoint layouts that could not be read.
+    pub layout_problems: Vec<LayoutProblem>,
+    /// tracefs mount point used.
+    pub tracefs: Option<PathBuf>,
+}
+
+/// Loads the eBPF object and tries every probe on its own.
+pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes> {
+    check_privileges()?;
+    raise_memlock_limit();
+    let tracefs = tracefs::ensure_mounted().ok();
+    let (config, layout_problems) = read_config(tracefs.as_deref(), options.pid);
+    let mut loader = EbpfLoader::new();
+    loader.override_global(CONFIG_GLOBAL, &config, true);
+    if let Some(bytes) = options.ring_bytes {
+        loader.map_max_entries(map_names::EVENTS, bytes);
+    }
+    let mut ebpf = loader
+        .load(crate::EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let kallsyms = Kallsyms::read(std::path::Path::new("/proc/kallsyms")).ok();
+    let context = AttachContext {
+        kallsyms: kallsyms.as_ref(),
+        tracefs: tracefs.as_deref(),
+        kprobes: probes::kprobe_support(tracefs.as_deref()),
+        unreadable_formats: layout_problems
+            .iter()
+            .map(|problem| (problem.event.clone(), problem.reason.clone()))
+            .collect(),
+    };
+    let report = probes::attach_all(&mut ebpf, &context);
+    Ok(AttachedProbes {
+        ebpf,
+        report,
+        layout_problems,
+        tracefs,
+    })
+}
+
+impl TraceSession {
+    /// Loads the eBPF object, attaches every probe it can, and starts the
+    /// ring-buffer reader. Fails when nothing useful attached. Must be
+    /// called inside a tokio runtime.
+    pub fn start(options: &SessionOptions) -> anyhow::Result<Self> {
+        let AttachedProbes {
+            mut ebpf,
+            report,
+            layout_problems,
+            tracefs,
+        } = attach_probes(options)?;
+        let mode = report.mode().ok_or_else(|| {
+            anyhow!(
+                "no useful probe attached (need the kvm tracepoints or the split-lock kprobes):\n{}",
+                report
+                    .entries
+                    .iter()
+                    .map(|entry| format!("  {} {}: {:?}", entry.kind, entry.target, entry.status))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+        let ring = ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or_else(|| anyhow!("map {} missing", map_names::EVENTS))?;
+        let ring = RingBuf::try_from(ring).context("opening the event ring buffer")?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same
+        // for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|error| anyhow!("registering the ring buffer with tokio: {error}"))?;
+        Ok(Self {
+            ebpf,
+            ring,
+            probes: report,
+            mode,
+            layout_problems,
+            tracefs,
+            undecodable: LossCounts::default(),
+        })
+    }
+
+    /// Waits until events are available (or `timeout` passes), then appends
+    /// every available event to `out`. Returns the number appended.
+    pub async fn wait_events(
+        &mut self,
+        out: &mut Vec<Event>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<usize> {
+        match tokio::time::timeout(timeout, self.ring.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                guard.clear_ready();
+            }
+            Err(_elapsed) => {}
+        }
+        Ok(self.drain(out))
+    }
+
+    /// Appends every event currently in the ring to `out` without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+        let before = out.len();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => out.push(event),
+                Err(error) => self.undecodable.count_undecodable(&error),
+            }
+        }
+        out.len() - before
+    }
+
+    /// Raw fd of the ring buffer (for diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+
+    /// Everything lost so far: kernel ring drops per kind, undecodable records.
+    pub fn losses(&self) -> anyhow::Result<LossCounts> {
+        let mut losses = self.undecodable.clone();
+        let map = self
+            .ebpf
+            .map(map_names::RING_DROPS)
+            .ok_or_else(|| anyhow!("map {} missing", map_names::RING_DROPS))?;
+        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        for slot in 0..EVENT_KIND_SLOTS {
+            let total: u64 = drops.get(&slot, 0)?.iter().sum();
+            if total > 0 {
+                let name = EventKind::from_raw(slot as u16).map_or("unknown", EventKind::name);
+                losses.ring_full.insert(name.to_owned(), total);
+            }
+        }
+        Ok(losses)
+    }
+
+    /// Exact per-thread counters kept in the kernel.
+    pub fn thread_counters(&self) -> anyhow::Result<BTreeMap<u32, ThreadCounters>> {
+        let map = self
+            .ebpf
+            .map(map_names::THREAD_COUNTERS)
+            .ok_or_else(|| anyhow!("map {} missing", map_names::THREAD_COUNTERS))?;
+        let counters: HashMap<_, u32, ThreadCounters> = HashMap::try_from(map)?;
+        let mut out = BTreeMap::new();
+        for entry in counters.iter() {
+            let (tid, value) = entry?;
+            out.insert(tid, value);
+        }
+        Ok(out)
+    }
+}
