@@ -22,7 +22,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{kprobe, kretprobe, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
@@ -134,7 +136,9 @@ fn counters(tid: u32, create: bool) -> Option<&'static mut ThreadCounters> {
     // Another CPU may win the race; either way the entry exists afterwards.
     let _ = THREAD_COUNTERS.insert(tid, fresh, u64::from(BPF_NOEXIST));
     // SAFETY: as above.
-    THREAD_COUNTERS.get_ptr_mut(tid).map(|ptr| unsafe { &mut *ptr })
+    THREAD_COUNTERS
+        .get_ptr_mut(tid)
+        .map(|ptr| unsafe { &mut *ptr })
 }
 
 /// Counters of the current thread, with its tgid recorded.
@@ -207,7 +211,10 @@ fn split_lock_return(kind: EventKind, handled: u64) {
 /// `bool handle_guest_split_lock(unsigned long ip)`, called by kvm_intel on a guest #AC.
 #[kprobe]
 pub fn handle_guest_split_lock(ctx: ProbeContext) -> u32 {
-    split_lock_entry(EventKind::GuestSplitLockEntry, ctx.arg::<u64>(0).unwrap_or(0));
+    split_lock_entry(
+        EventKind::GuestSplitLockEntry,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    );
     0
 }
 
@@ -270,7 +277,10 @@ fn punishment_return(kind: EventKind, retval: i64) {
 /// `unsigned long msleep_interruptible(unsigned int msecs)`: remaining ms.
 #[kretprobe]
 pub fn msleep_interruptible_ret(ctx: RetProbeContext) -> u32 {
-    punishment_return(EventKind::MsleepInterruptibleReturn, ctx.ret::<u64>() as i64);
+    punishment_return(
+        EventKind::MsleepInterruptibleReturn,
+        ctx.ret::<u64>() as i64,
+    );
     0
 }
 

@@ -2,7 +2,11 @@
 //! reader and the in-kernel counters. Dropping the session detaches every
 //! program and frees every map.
 
-use std::{collections::BTreeMap, os::fd::AsRawFd as _, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -49,6 +53,10 @@ pub struct LossCounts {
     pub ring_full: BTreeMap<String, u64>,
     /// Records that could not be decoded, per error text.
     pub undecodable: BTreeMap<String, u64>,
+    /// Program runs the kernel skipped because another BPF program was
+    /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
+    /// generating a signal while a tracepoint program ran), per program.
+    pub recursion_misses: BTreeMap<String, u64>,
 }
 
 impl LossCounts {
@@ -62,9 +70,14 @@ impl LossCounts {
         self.undecodable.values().sum()
     }
 
+    /// Total skipped program runs.
+    pub fn recursion_total(&self) -> u64 {
+        self.recursion_misses.values().sum()
+    }
+
     /// Everything lost.
     pub fn total(&self) -> u64 {
-        self.ring_total() + self.undecodable_total()
+        self.ring_total() + self.undecodable_total() + self.recursion_total()
     }
 
     /// Records one decode failure.
@@ -289,6 +302,7 @@ impl TraceSession {
     /// Everything lost so far: kernel ring drops per kind, undecodable records.
     pub fn losses(&self) -> anyhow::Result<LossCounts> {
         let mut losses = self.undecodable.clone();
+        losses.recursion_misses = self.recursion_misses();
         let map = self
             .ebpf
             .map(map_names::RING_DROPS)
@@ -302,6 +316,18 @@ impl TraceSession {
             }
         }
         Ok(losses)
+    }
+
+    /// Per-program counts of runs the kernel skipped for recursion.
+    pub fn recursion_misses(&self) -> BTreeMap<String, u64> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?;
+                let misses = program_recursion_misses(fd.as_fd()).ok()?;
+                (misses > 0).then(|| (name.to_owned(), misses))
+            })
+            .collect()
     }
 
     /// Exact per-thread counters kept in the kernel.
@@ -318,4 +344,44 @@ impl TraceSession {
         }
         Ok(out)
     }
+}
+
+/// Reads `recursion_misses` of a loaded program (BPF_OBJ_GET_INFO_BY_FD, 5.12+;
+/// older kernels leave it 0).
+fn program_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+
+    use aya_obj::generated::bpf_prog_info;
+
+    /// The `info` member of `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD,
+    /// padded with zeros as the kernel requires for unused attr bytes.
+    #[repr(C)]
+    struct GetInfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+        padding: [u64; 13],
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf_prog_info is a plain C struct; zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = GetInfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: (&raw mut info) as u64,
+        padding: [0; 13],
+    };
+    // SAFETY: valid attr and output buffer of the declared size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<GetInfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
 }

@@ -1,0 +1,178 @@
+//! Idempotent installation of the eBPF build prerequisites.
+//!
+//! Each step first checks whether its piece is already present, prints what
+//! it does, and on failure names the missing piece and the manual fix.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::run_command;
+
+/// Toolchain pinned in rust-toolchain.toml.
+const TOOLCHAIN: &str = "1.95.0";
+/// LLVM major version bpf-linker is built against.
+const LLVM_MAJOR: u32 = 22;
+/// bpf-linker release known to build against LLVM 22 with rustc 1.95.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The workspace root (parent of the xtask crate).
+pub fn workspace_root() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// Runs every set-up step.
+pub fn run() -> anyhow::Result<()> {
+    rust_src()?;
+    llvm()?;
+    bpf_linker()?;
+    eprintln!(
+        "xtask: set-up complete (rust-src, llvm-{LLVM_MAJOR}-dev, bpf-linker {BPF_LINKER_VERSION})"
+    );
+    Ok(())
+}
+
+fn output_text(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output_text(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]));
+    let Some(installed) = installed else {
+        eprintln!("xtask: toolchain {TOOLCHAIN} not installed; installing it with rust-src");
+        return run_command(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,rustfmt,clippy",
+        ]))
+        .context("installing the pinned toolchain (manual fix: `rustup toolchain install 1.95.0 --component rust-src`)");
+    };
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        eprintln!("xtask: rust-src for {TOOLCHAIN}: present");
+        return Ok(());
+    }
+    eprintln!("xtask: rust-src for {TOOLCHAIN}: missing, installing");
+    run_command(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        TOOLCHAIN,
+    ]))
+    .context("adding rust-src (manual fix: `rustup component add rust-src --toolchain 1.95.0`)")
+}
+
+fn llvm_prefix() -> PathBuf {
+    PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"))
+}
+
+fn llvm_present() -> bool {
+    llvm_prefix().join("lib/libLLVM.so").exists() && llvm_prefix().join("bin/llvm-config").exists()
+}
+
+fn llvm() -> anyhow::Result<()> {
+    if llvm_present() {
+        eprintln!(
+            "xtask: llvm-{LLVM_MAJOR}-dev: present at {}",
+            llvm_prefix().display()
+        );
+        return Ok(());
+    }
+    let package = format!("llvm-{LLVM_MAJOR}-dev");
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "{package} is missing and this is not a Debian/Ubuntu host; install LLVM {LLVM_MAJOR} development \
+             files (libLLVM.so, llvm-config) so that {}/lib/libLLVM.so exists, e.g. `dnf install llvm-devel` \
+             on Fedora or from apt.llvm.org",
+            llvm_prefix().display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{package} is missing; run as root or install it: `sudo apt-get install -y {package}`"
+        );
+    }
+    eprintln!("xtask: {package}: missing, installing with apt-get (about 400 MB)");
+    run_command(Command::new("apt-get").arg("update")).with_context(|| {
+        format!("apt-get update (manual fix: `apt-get update && apt-get install -y {package}`)")
+    })?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", &package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!("installing {package} (Debian 12 ships it in the bookworm-security suite)")
+    })?;
+    if !llvm_present() {
+        bail!(
+            "{package} installed but {}/lib/libLLVM.so is still missing",
+            llvm_prefix().display()
+        );
+    }
+    Ok(())
+}
+
+fn bpf_linker_version() -> Option<String> {
+    output_text(Command::new("bpf-linker").arg("--version")).map(|text| text.trim().to_owned())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(version) = bpf_linker_version()
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        eprintln!("xtask: bpf-linker: present ({version})");
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: bpf-linker {BPF_LINKER_VERSION}: missing, building it against LLVM {LLVM_MAJOR} (about a minute)"
+    );
+    let feature = format!("llvm-{LLVM_MAJOR}");
+    run_command(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &feature,
+            ])
+            .env("LLVM_PREFIX", llvm_prefix()),
+    )
+    .with_context(|| {
+        format!(
+            "building bpf-linker (manual fix: `LLVM_PREFIX={} cargo install bpf-linker --version {BPF_LINKER_VERSION} \
+             --no-default-features --features {feature}`)",
+            llvm_prefix().display()
+        )
+    })?;
+    if bpf_linker_version().is_none() {
+        bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
