@@ -5,9 +5,11 @@ pub mod cli;
 pub mod commands;
 pub mod events;
 pub mod kernel;
+pub mod model;
 pub mod probes;
 pub mod repro;
 pub mod session;
+pub mod simulate;
 pub mod version;
 
 /// The eBPF object built by `build.rs` (all probes in one object).

@@ -1,0 +1,881 @@
+//! The pure per-thread model and livelock classifier.
+//!
+//! It eats [`Event`]s (live, replayed or modelled) and never touches the
+//! kernel. Per thread it assembles split-lock episodes (trap, optional
+//! `split_lock_warn`, sleep result, semaphore result, return), keeps
+//! sliding-window rates and totals, and classifies the thread with the
+//! evidence behind the verdict.
+//!
+//! Thresholds and hysteresis (also in docs/classifier.md):
+//! * LIVELOCK (confirmed) is entered after [`LIVELOCK_STREAK`] consecutive
+//!   episodes at the same IP whose punishment sleep or semaphore wait was
+//!   interrupted, with no completed episode in between.
+//! * LIVELOCK (inferred, tracepoint-only) is entered after
+//!   [`LIVELOCK_STREAK`] consecutive #AC VM exits at the same guest RIP each
+//!   followed by an EINTR return of KVM_RUN sooner than
+//!   [`PUNISHMENT_MIN_NS`] (an uninterrupted punishment sleeps at least
+//!   10 ms) with no other KVM_RUN return in between.
+//! * LIVELOCK is left only on a completed episode (or, inferred, an #AC exit
+//!   that was not cut short) or after [`QUIET_HOLD_NS`] without a trap.
+//! * KILLED and KVM ERROR are sticky for the life of the thread.
+
+pub mod rate;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{BUS_ADRALN, KVM_RUN_EINTR, SI_TIMER, SIGBUS, kvm_exit_reason, vmx};
+
+use self::rate::{IntervalTracker, SlidingSum, WINDOW_NS};
+use crate::events::{
+    Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name,
+};
+
+/// Consecutive interrupted episodes (or cut-short #AC exits) that make a livelock.
+pub const LIVELOCK_STREAK: u32 = 3;
+/// Without a trap for this long a LIVELOCK or THROTTLED thread calms down.
+pub const QUIET_HOLD_NS: u64 = 2_000_000_000;
+/// The punishment sleep is `msleep_interruptible(10)`: an uninterrupted one
+/// lasts at least 10 ms (kernel.md §1.3/§1.5).
+pub const PUNISHMENT_MIN_NS: u64 = 10_000_000;
+/// A thread without any event for this long leaves the model.
+pub const THREAD_EXPIRY_NS: u64 = 30_000_000_000;
+/// Most threads kept; the least recently seen go first.
+pub const MAX_THREADS: usize = 16_384;
+
+/// What a thread is doing, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Punish-interrupt livelock: no forward progress.
+    Livelock,
+    /// Killed by SIGBUS after a split-lock trap (split_lock_detect=fatal).
+    Killed,
+    /// KVM_RUN returned an internal error, failed entry or shutdown.
+    KvmError,
+    /// Split-lock traps that complete their punishment: slowed, progressing.
+    Throttled,
+    /// Active, no split-lock trouble.
+    Ok,
+    /// Nothing seen in the window.
+    Idle,
+}
+
+impl Verdict {
+    /// Label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Livelock => "LIVELOCK",
+            Self::Killed => "KILLED",
+            Self::KvmError => "KVM ERROR",
+            Self::Throttled => "THROTTLED",
+            Self::Ok => "OK",
+            Self::Idle => "IDLE",
+        }
+    }
+}
+
+/// How a punishment step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// Completed (full sleep / semaphore acquired).
+    Completed,
+    /// Interrupted by a signal (ms left, or -EINTR).
+    Interrupted,
+}
+
+/// One split-lock handling, from trap to return.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitLockEpisode {
+    /// Trap time.
+    pub start_ns: u64,
+    /// Faulting IP.
+    pub ip: u64,
+    /// Guest or host task.
+    pub source: TrapSource,
+    /// `split_lock_warn` was seen.
+    pub warned: bool,
+    /// Punishment sleep result, with ms left when interrupted.
+    pub sleep: Option<(StepOutcome, u64)>,
+    /// Semaphore wait result.
+    pub semaphore: Option<StepOutcome>,
+    /// Handler result (`false` = SIGBUS follows).
+    pub handled: Option<bool>,
+    /// Time in the handler.
+    pub duration_ns: u64,
+}
+
+impl SplitLockEpisode {
+    /// The misery path was cut short by a signal.
+    pub fn interrupted(&self) -> bool {
+        matches!(self.sleep, Some((StepOutcome::Interrupted, _)))
+            || self.semaphore == Some(StepOutcome::Interrupted)
+    }
+
+    /// Detection was disabled so the instruction could complete: either the
+    /// whole punishment ran, or no punishment applies (mitigate=0, or the
+    /// sleep probe is absent and the handler took at least the full sleep).
+    pub fn completed(&self) -> bool {
+        self.handled == Some(true) && !self.interrupted()
+    }
+}
+
+/// Process-level identity supplied from outside the model (e.g. /proc).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// VM name (`-name`), if any.
+    pub name: Option<String>,
+    /// Proxmox VMID (`-id`), if any.
+    pub vmid: Option<String>,
+    /// Executable name.
+    pub comm: Option<String>,
+}
+
+impl ProcessInfo {
+    /// `VM 100 (guest-name)`, `name`, or the comm.
+    pub fn label(&self) -> Option<String> {
+        match (&self.vmid, &self.name) {
+            (Some(vmid), Some(name)) => Some(format!("{vmid} ({name})")),
+            (Some(vmid), None) => Some(vmid.clone()),
+            (None, Some(name)) => Some(name.clone()),
+            (None, None) => self.comm.clone(),
+        }
+    }
+}
+
+/// Totals since the thread was first seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadTotals {
+    /// Split-lock traps (guest or host).
+    pub traps: u64,
+    /// `split_lock_warn` entries.
+    pub warns: u64,
+    /// Episodes whose punishment was interrupted.
+    pub interrupted_episodes: u64,
+    /// Episodes that completed.
+    pub completed_episodes: u64,
+    /// Punishment sleeps interrupted.
+    pub sleeps_interrupted: u64,
+    /// Semaphore waits interrupted.
+    pub semaphore_interrupted: u64,
+    /// SI_TIMER signals aimed at the thread.
+    pub timer_signals: u64,
+    /// Other signals aimed at the thread.
+    pub other_signals: u64,
+    /// KVM_RUN returns.
+    pub userspace_exits: u64,
+    /// KVM_RUN EINTR returns.
+    pub eintr_exits: u64,
+    /// Error returns (internal error, failed entry, shutdown, exception).
+    pub error_exits: u64,
+    /// #AC VM exits.
+    pub ac_vm_exits: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Windows {
+    traps: SlidingSum,
+    ac_exits: SlidingSum,
+    interrupted: SlidingSum,
+    episodes: SlidingSum,
+    signals: SlidingSum,
+    eintr: SlidingSum,
+    punished_ns: SlidingSum,
+}
+
+/// Tracepoint-only inference state.
+#[derive(Clone, Debug, Default)]
+struct AcExitTracker {
+    /// Last #AC exit not yet followed by a KVM_RUN return: (time, rip).
+    pending: Option<(u64, u64)>,
+    /// Consecutive cut-short #AC exits at `rip`.
+    streak: u32,
+    rip: u64,
+    /// An #AC exit that was not cut short (punishment completed).
+    last_completed_ns: Option<u64>,
+}
+
+/// Everything the model knows about one thread.
+#[derive(Clone, Debug)]
+pub struct ThreadState {
+    /// Thread id.
+    pub tid: u32,
+    /// Process id (0 until an event ran in the thread's context).
+    pub tgid: u32,
+    /// comm.
+    pub comm: String,
+    /// vCPU index, from `CPU N/KVM` or kvm_exit's vcpu_id.
+    pub vcpu: Option<u32>,
+    /// Evidence it runs KVM_RUN.
+    pub is_vcpu: bool,
+    /// Totals since first seen.
+    pub totals: ThreadTotals,
+    /// First event time.
+    pub first_seen_ns: u64,
+    /// Last event time.
+    pub last_seen_ns: u64,
+    windows: Windows,
+    episode: Option<SplitLockEpisode>,
+    last_episode: Option<SplitLockEpisode>,
+    interrupted_streak: u32,
+    streak_ip: Option<u64>,
+    last_trap_ns: Option<u64>,
+    last_ip: Option<u64>,
+    last_completed_ns: Option<u64>,
+    timer_signals: IntervalTracker,
+    last_signal: Option<(i32, i32)>,
+    ac: AcExitTracker,
+    livelock: Option<LivelockState>,
+    killed: Option<String>,
+    kvm_error: Option<String>,
+    failed_entry_reason: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LivelockState {
+    since_ns: u64,
+    confirmed: bool,
+}
+
+fn vcpu_index_from_comm(comm: &str) -> Option<u32> {
+    comm.strip_prefix("CPU ")?
+        .strip_suffix("/KVM")?
+        .parse()
+        .ok()
+}
+
+impl ThreadState {
+    fn new(tid: u32, ts_ns: u64) -> Self {
+        Self {
+            tid,
+            tgid: 0,
+            comm: String::new(),
+            vcpu: None,
+            is_vcpu: false,
+            totals: ThreadTotals::default(),
+            first_seen_ns: ts_ns,
+            last_seen_ns: ts_ns,
+            windows: Windows::default(),
+            episode: None,
+            last_episode: None,
+            interrupted_streak: 0,
+            streak_ip: None,
+            last_trap_ns: None,
+            last_ip: None,
+            last_completed_ns: None,
+            timer_signals: IntervalTracker::default(),
+            last_signal: None,
+            ac: AcExitTracker::default(),
+            livelock: None,
+            killed: None,
+            kvm_error: None,
+            failed_entry_reason: None,
+        }
+    }
+
+    fn close_episode(&mut self, episode: SplitLockEpisode, end_ns: u64) {
+        let interrupted = episode.interrupted();
+        self.windows.episodes.add(end_ns, 1);
+        self.windows
+            .punished_ns
+            .add(end_ns, end_ns.saturating_sub(episode.start_ns));
+        if interrupted {
+            self.totals.interrupted_episodes += 1;
+            self.windows.interrupted.add(end_ns, 1);
+            if self.streak_ip == Some(episode.ip) {
+                self.interrupted_streak += 1;
+            } else {
+                self.streak_ip = Some(episode.ip);
+                self.interrupted_streak = 1;
+            }
+            if self.interrupted_streak >= LIVELOCK_STREAK && self.livelock.is_none() {
+                self.livelock = Some(LivelockState {
+                    since_ns: end_ns,
+                    confirmed: true,
+                });
+            }
+        } else if episode.completed() {
+            self.totals.completed_episodes += 1;
+            self.interrupted_streak = 0;
+            self.streak_ip = None;
+            self.last_completed_ns = Some(end_ns);
+            self.livelock = None;
+        }
+        self.last_episode = Some(episode);
+    }
+
+    fn apply(&mut self, event: &Event) {
+        self.last_seen_ns = self.last_seen_ns.max(event.ts_ns);
+        if event.in_subject_context() {
+            self.tgid = event.tgid;
+            if self.comm != event.comm {
+                self.comm.clone_from(&event.comm);
+                if let Some(index) = vcpu_index_from_comm(&event.comm) {
+                    self.vcpu = Some(index);
+                    self.is_vcpu = true;
+                }
+            }
+        }
+        let ts = event.ts_ns;
+        match &event.body {
+            EventBody::SplitLockTrap {
+                source: TrapSource::Warn,
+                ip,
+            } => {
+                self.totals.warns += 1;
+                if let Some(episode) = &mut self.episode {
+                    episode.warned = true;
+                } else {
+                    // Warn without a seen handler entry (entry probe missing).
+                    self.begin_episode(ts, *ip, TrapSource::Warn);
+                }
+            }
+            EventBody::SplitLockTrap { source, ip } => {
+                if let Some(previous) = self.episode.take() {
+                    // Return lost (kretprobe missed): close what we have.
+                    self.close_episode(previous, ts);
+                }
+                if *source == TrapSource::Guest {
+                    self.is_vcpu = true;
+                }
+                self.begin_episode(ts, *ip, *source);
+            }
+            EventBody::SleepReturn { remaining_ms } => {
+                if let Some(episode) = &mut self.episode {
+                    let outcome = if *remaining_ms > 0 {
+                        self.totals.sleeps_interrupted += 1;
+                        StepOutcome::Interrupted
+                    } else {
+                        StepOutcome::Completed
+                    };
+                    episode.sleep = Some((outcome, *remaining_ms));
+                }
+            }
+            EventBody::SemaphoreReturn { retval } => {
+                if let Some(episode) = &mut self.episode {
+                    let outcome = if *retval == 0 {
+                        StepOutcome::Completed
+                    } else {
+                        self.totals.semaphore_interrupted += 1;
+                        StepOutcome::Interrupted
+                    };
+                    episode.semaphore = Some(outcome);
+                }
+            }
+            EventBody::SplitLockReturn {
+                handled,
+                duration_ns,
+                ..
+            } => {
+                if let Some(mut episode) = self.episode.take() {
+                    episode.handled = Some(*handled);
+                    episode.duration_ns = *duration_ns;
+                    self.close_episode(episode, ts);
+                }
+                if !handled {
+                    self.killed.get_or_insert_with(|| {
+                        "split-lock handler returned false: SIGBUS (split_lock_detect=fatal)".into()
+                    });
+                }
+            }
+            EventBody::Signal { sig, code, .. } => {
+                self.last_signal = Some((*sig, *code));
+                self.windows.signals.add(ts, 1);
+                if *code == SI_TIMER {
+                    self.totals.timer_signals += 1;
+                    self.timer_signals.record(ts);
+                } else {
+                    self.totals.other_signals += 1;
+                }
+                if *sig == SIGBUS && *code == BUS_ADRALN {
+                    self.killed = Some(format!("SIGBUS (BUS_ADRALN) sent at {}", format_ts(ts)));
+                }
+            }
+            EventBody::UserspaceExit { reason, errno } => {
+                self.apply_userspace_exit(ts, *reason, *errno)
+            }
+            EventBody::VmExit {
+                exit_reason,
+                guest_rip,
+                vcpu_id,
+                intr_info,
+                isa,
+                ..
+            } => {
+                self.is_vcpu = true;
+                self.vcpu.get_or_insert(*vcpu_id);
+                if *exit_reason & vmx::EXIT_REASON_FAILED_VMENTRY != 0 {
+                    self.failed_entry_reason = Some(*exit_reason);
+                } else if *isa == vmx::ISA_VMX
+                    && *intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC
+                {
+                    self.apply_ac_exit(ts, *guest_rip);
+                }
+            }
+        }
+    }
+
+    fn begin_episode(&mut self, ts: u64, ip: u64, source: TrapSource) {
+        self.totals.traps += 1;
+        self.windows.traps.add(ts, 1);
+        self.last_trap_ns = Some(ts);
+        self.last_ip = Some(ip);
+        self.episode = Some(SplitLockEpisode {
+            start_ns: ts,
+            ip,
+            source,
+            warned: source == TrapSource::Warn,
+            sleep: None,
+            semaphore: None,
+            handled: None,
+            duration_ns: 0,
+        });
+    }
+
+    fn apply_ac_exit(&mut self, ts: u64, rip: u64) {
+        self.totals.ac_vm_exits += 1;
+        self.windows.ac_exits.add(ts, 1);
+        self.last_ip = Some(rip);
+        self.last_trap_ns = Some(self.last_trap_ns.map_or(ts, |last| last.max(ts)));
+        if let Some((previous_ts, _)) = self.ac.pending.take() {
+            // Two #AC exits without a KVM_RUN return in between: the handler
+            // returned into the guest, i.e. the punishment was not cut short.
+            self.ac.streak = 0;
+            self.ac.last_completed_ns = Some(ts);
+            self.windows
+                .punished_ns
+                .add(ts, ts.saturating_sub(previous_ts).min(PUNISHMENT_MIN_NS));
+            if self.livelock.is_some_and(|state| !state.confirmed) {
+                self.livelock = None;
+            }
+        }
+        self.ac.pending = Some((ts, rip));
+    }
+
+    /// Traps in the window: handler entries when the kprobes see them,
+    /// otherwise #AC VM exits (tracepoint-only).
+    fn traps_in_window(&mut self, now_ns: u64) -> u64 {
+        if self.totals.traps > 0 {
+            self.windows.traps.sum(now_ns)
+        } else {
+            self.windows.ac_exits.sum(now_ns)
+        }
+    }
+
+    fn apply_userspace_exit(&mut self, ts: u64, reason: u32, errno: i32) {
+        self.is_vcpu = true;
+        self.totals.userspace_exits += 1;
+        if let Some((ac_ts, rip)) = self.ac.pending.take() {
+            // Inference is for threads the kprobes do not see; with kprobes
+            // the episodes themselves say whether the sleep was cut short.
+            let cut_short = self.totals.traps == 0
+                && errno == KVM_RUN_EINTR
+                && ts.saturating_sub(ac_ts) < PUNISHMENT_MIN_NS;
+            self.windows.punished_ns.add(ts, ts.saturating_sub(ac_ts));
+            if cut_short {
+                if self.ac.rip == rip && self.ac.streak > 0 {
+                    self.ac.streak += 1;
+                } else {
+                    self.ac.rip = rip;
+                    self.ac.streak = 1;
+                }
+                if self.ac.streak >= LIVELOCK_STREAK && self.livelock.is_none() {
+                    self.livelock = Some(LivelockState {
+                        since_ns: ts,
+                        confirmed: false,
+                    });
+                }
+            } else {
+                self.ac.streak = 0;
+                self.ac.last_completed_ns = Some(ts);
+                if self.livelock.is_some_and(|state| !state.confirmed) {
+                    self.livelock = None;
+                }
+            }
+        }
+        if errno == KVM_RUN_EINTR {
+            self.totals.eintr_exits += 1;
+            self.windows.eintr.add(ts, 1);
+        } else if errno == 0
+            && matches!(
+                reason,
+                kvm_exit_reason::INTERNAL_ERROR
+                    | kvm_exit_reason::FAIL_ENTRY
+                    | kvm_exit_reason::SHUTDOWN
+            )
+        {
+            self.totals.error_exits += 1;
+            let detail = match (reason, self.failed_entry_reason) {
+                (kvm_exit_reason::FAIL_ENTRY, Some(hw)) => {
+                    format!("{} (hardware error 0x{hw:x})", kvm_exit_reason_name(reason))
+                }
+                _ => kvm_exit_reason_name(reason).to_owned(),
+            };
+            self.kvm_error = Some(format!("{detail} at {}", format_ts(ts)));
+        } else if errno == 0 && reason == kvm_exit_reason::EXCEPTION && self.killed.is_some() {
+            self.totals.error_exits += 1;
+        }
+    }
+
+    /// Current verdict, with the evidence behind it, at time `now_ns`.
+    /// `misery_possible` is false when the host is known not to punish
+    /// (`split_lock_mitigate=0`, or a kernel before 5.19): then no inferred
+    /// livelock is reported, since a short #AC-to-EINTR gap proves nothing.
+    pub fn classify(&mut self, now_ns: u64, misery_possible: bool) -> (Verdict, bool, Vec<String>) {
+        let quiet = self
+            .last_trap_ns
+            .is_none_or(|last| now_ns.saturating_sub(last) > QUIET_HOLD_NS);
+        if quiet || (!misery_possible && self.livelock.is_some_and(|state| !state.confirmed)) {
+            self.livelock = None;
+        }
+        if let Some(reason) = &self.kvm_error {
+            return (
+                Verdict::KvmError,
+                true,
+                vec![reason.clone(), kvm_error_hint(reason)],
+            );
+        }
+        if let Some(reason) = &self.killed {
+            return (
+                Verdict::Killed,
+                true,
+                vec![
+                    reason.clone(),
+                    "split_lock_detect=fatal kills the task; boot with split_lock_detect=warn or fix the guest".into(),
+                ],
+            );
+        }
+        if let Some(state) = self.livelock {
+            return (
+                Verdict::Livelock,
+                state.confirmed,
+                self.livelock_evidence(now_ns, state),
+            );
+        }
+        let traps_in_window = self.traps_in_window(now_ns);
+        if traps_in_window > 0 && !quiet {
+            let mut evidence = if self.totals.traps > 0 {
+                let completed =
+                    self.windows.episodes.sum(now_ns) - self.windows.interrupted.sum(now_ns);
+                vec![format!(
+                    "{traps_in_window} split-lock traps in the last {} s, {completed} completed the punishment",
+                    WINDOW_NS / 1_000_000_000
+                )]
+            } else {
+                vec![format!(
+                    "inferred (no kprobes): {traps_in_window} #AC VM exits in the last {} s, not cut short by signals",
+                    WINDOW_NS / 1_000_000_000
+                )]
+            };
+            if let Some(ip) = self.last_ip {
+                evidence.push(format!("last IP 0x{ip:x}"));
+            }
+            let confirmed = self.totals.traps > 0;
+            return (Verdict::Throttled, confirmed, evidence);
+        }
+        let active = now_ns.saturating_sub(self.last_seen_ns) <= WINDOW_NS;
+        if active {
+            (Verdict::Ok, true, Vec::new())
+        } else {
+            (Verdict::Idle, true, Vec::new())
+        }
+    }
+
+    fn livelock_evidence(&mut self, now_ns: u64, state: LivelockState) -> Vec<String> {
+        let mut evidence = Vec::new();
+        if state.confirmed {
+            let ip = self.streak_ip.unwrap_or_default();
+            evidence.push(format!(
+                "{} consecutive split-lock traps at IP 0x{ip:x}, each punishment interrupted, none completed",
+                self.interrupted_streak
+            ));
+            if let Some(episode) = &self.last_episode {
+                match episode.sleep {
+                    Some((StepOutcome::Interrupted, left)) => evidence.push(format!(
+                        "msleep_interruptible(10) returned {left} (ms left): sleep cut short"
+                    )),
+                    _ if episode.semaphore == Some(StepOutcome::Interrupted) => {
+                        evidence.push("down_interruptible(&buslock_sem) returned -EINTR".into());
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            evidence.push(format!(
+                "inferred (no kprobes): {} consecutive #AC VM exits at guest RIP 0x{:x}, each followed by KVM_RUN -EINTR within {} ms, no other exit",
+                self.ac.streak,
+                self.ac.rip,
+                PUNISHMENT_MIN_NS / 1_000_000
+            ));
+        }
+        if let Some(period) = self.timer_signals.median_ms() {
+            let (sig, code) = self.last_signal.unwrap_or((0, SI_TIMER));
+            let comparison = if period < PUNISHMENT_MIN_NS as f64 / 1e6 {
+                "faster than the 10 ms punishment"
+            } else {
+                "not faster than the nominal 10 ms punishment, but faster than the sleep at this HZ"
+            };
+            evidence.push(format!(
+                "{} {} every {period:.1} ms ({comparison})",
+                signal_code_name(code),
+                signal_name(sig)
+            ));
+        }
+        evidence.push(format!(
+            "stuck for {:.1} s; {:.0} EINTR exits/s",
+            now_ns.saturating_sub(state.since_ns) as f64 / 1e9,
+            self.windows.eintr.per_second(now_ns)
+        ));
+        evidence
+    }
+}
+
+fn kvm_error_hint(reason: &str) -> String {
+    if reason.contains("INTERNAL_ERROR") {
+        "KVM internal error (e.g. Suberror 3): on Jasper/Elkhart Lake update CPU microcode (tracer doctor)".into()
+    } else if reason.contains("FAIL_ENTRY") {
+        "VM entry failed (e.g. hardware error 0x80000021): try kvm.tdp_mmu=N, update BIOS/microcode (tracer doctor)".into()
+    } else {
+        "guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()
+    }
+}
+
+/// Formats a monotonic timestamp as seconds with µs.
+pub fn format_ts(ts_ns: u64) -> String {
+    format!(
+        "{}.{:06}",
+        ts_ns / 1_000_000_000,
+        (ts_ns % 1_000_000_000) / 1000
+    )
+}
+
+/// One row of the live table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadRow {
+    /// Process id.
+    pub pid: u32,
+    /// VM label (`VMID (name)`), when known.
+    pub vm: Option<String>,
+    /// vCPU index.
+    pub vcpu: Option<u32>,
+    /// Thread id.
+    pub tid: u32,
+    /// comm.
+    pub comm: String,
+    /// Split-lock traps per second (window).
+    pub traps_per_s: f64,
+    /// Last trap IP.
+    pub last_ip: Option<u64>,
+    /// Share of episodes interrupted in the window, percent.
+    pub interrupted_pct: Option<f64>,
+    /// Signals per second (window).
+    pub signals_per_s: f64,
+    /// Median SI_TIMER period, ms.
+    pub timer_period_ms: Option<f64>,
+    /// EINTR returns of KVM_RUN per second.
+    pub eintr_per_s: f64,
+    /// Share of wall time inside split-lock handling, percent.
+    pub punished_pct: f64,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// false when inferred from tracepoints only.
+    pub confirmed: bool,
+    /// Evidence lines.
+    pub evidence: Vec<String>,
+    /// Totals since first seen.
+    pub totals: ThreadTotals,
+}
+
+impl ThreadRow {
+    /// `LIVELOCK` or `LIVELOCK?` for inferred verdicts.
+    pub fn verdict_label(&self) -> String {
+        if self.confirmed {
+            self.verdict.label().to_owned()
+        } else {
+            format!("{} (inferred)", self.verdict.label())
+        }
+    }
+}
+
+/// The whole model: threads by tid, plus process identities.
+#[derive(Debug, Default)]
+pub struct Model {
+    threads: HashMap<u32, ThreadState>,
+    processes: BTreeMap<u32, ProcessInfo>,
+    events: u64,
+    latest_ns: u64,
+    misery: Option<bool>,
+}
+
+/// The mitigations for a LIVELOCK row.
+pub const LIVELOCK_MITIGATIONS: [&str; 3] = [
+    "sysctl kernel.split_lock_mitigate=0 (no sleep, no semaphore: no signal window)",
+    "boot with split_lock_detect=off (no #AC traps at all)",
+    "make the VMM's vCPU kick timer slower than the punishment sleep ((msecs_to_jiffies(10)+1) jiffies: 11 ms at HZ=1000, 16 ms at HZ=250)",
+];
+
+impl Model {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of events applied.
+    pub fn events_applied(&self) -> u64 {
+        self.events
+    }
+
+    /// Timestamp of the newest event applied.
+    pub fn latest_ns(&self) -> u64 {
+        self.latest_ns
+    }
+
+    /// Number of threads tracked.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Records whether the host punishes split locks with the interruptible
+    /// sleep (`None` = unknown, treated as possible).
+    pub fn set_misery_possible(&mut self, misery: Option<bool>) {
+        self.misery = misery;
+    }
+
+    /// Sets what is known about a process.
+    pub fn set_process_info(&mut self, pid: u32, info: ProcessInfo) {
+        self.processes.insert(pid, info);
+    }
+
+    /// Known process identities.
+    pub fn processes(&self) -> &BTreeMap<u32, ProcessInfo> {
+        &self.processes
+    }
+
+    /// Pids of threads whose process has no identity yet.
+    pub fn unnamed_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .threads
+            .values()
+            .map(|thread| thread.tgid)
+            .filter(|pid| *pid != 0 && !self.processes.contains_key(pid))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        self.latest_ns = self.latest_ns.max(event.ts_ns);
+        let tid = event.subject_tid();
+        let reused = event.in_subject_context()
+            && self
+                .threads
+                .get(&tid)
+                .is_some_and(|thread| thread.tgid != 0 && thread.tgid != event.tgid);
+        if reused {
+            // Same tid, another process: a new thread, not its predecessor.
+            self.threads.remove(&tid);
+        }
+        if !self.threads.contains_key(&tid) && self.threads.len() >= MAX_THREADS {
+            self.evict_oldest();
+        }
+        self.threads
+            .entry(tid)
+            .or_insert_with(|| ThreadState::new(tid, event.ts_ns))
+            .apply(event);
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(oldest) = self
+            .threads
+            .values()
+            .min_by_key(|thread| thread.last_seen_ns)
+            .map(|thread| thread.tid)
+        {
+            self.threads.remove(&oldest);
+        }
+    }
+
+    /// Drops threads silent for [`THREAD_EXPIRY_NS`] and those `is_gone` reports dead.
+    pub fn expire(&mut self, now_ns: u64, is_gone: impl Fn(u32) -> bool) {
+        self.threads.retain(|tid, thread| {
+            now_ns.saturating_sub(thread.last_seen_ns) <= THREAD_EXPIRY_NS
+                && !(now_ns.saturating_sub(thread.last_seen_ns) > WINDOW_NS && is_gone(*tid))
+        });
+        let live: std::collections::BTreeSet<u32> = self.threads.values().map(|t| t.tgid).collect();
+        self.processes.retain(|pid, _| live.contains(pid));
+    }
+
+    /// A thread's state.
+    pub fn thread(&self, tid: u32) -> Option<&ThreadState> {
+        self.threads.get(&tid)
+    }
+
+    /// Rows for every thread with split-lock or KVM activity (all vCPU
+    /// threads with `include_quiet`), stuck threads first.
+    pub fn rows(&mut self, now_ns: u64, include_quiet: bool) -> Vec<ThreadRow> {
+        let processes = &self.processes;
+        let misery_possible = self.misery != Some(false);
+        let mut rows: Vec<ThreadRow> = self
+            .threads
+            .values_mut()
+            .filter(|thread| thread.is_vcpu || thread.totals.traps > 0 || thread.killed.is_some())
+            .filter_map(|thread| {
+                let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
+                if !include_quiet
+                    && matches!(verdict, Verdict::Ok | Verdict::Idle)
+                    && thread.totals.traps == 0
+                {
+                    // quiet vCPU threads are shown only with --all
+                    if thread.windows.eintr.sum(now_ns) == 0
+                        && thread.windows.signals.sum(now_ns) == 0
+                    {
+                        return None;
+                    }
+                }
+                let episodes = thread.windows.episodes.sum(now_ns);
+                let interrupted = thread.windows.interrupted.sum(now_ns);
+                Some(ThreadRow {
+                    pid: thread.tgid,
+                    vm: processes.get(&thread.tgid).and_then(ProcessInfo::label),
+                    vcpu: thread.vcpu,
+                    tid: thread.tid,
+                    comm: thread.comm.clone(),
+                    traps_per_s: thread.traps_in_window(now_ns) as f64 / (WINDOW_NS as f64 / 1e9),
+                    last_ip: thread.last_ip,
+                    interrupted_pct: (episodes > 0)
+                        .then(|| interrupted as f64 * 100.0 / episodes as f64),
+                    signals_per_s: thread.windows.signals.per_second(now_ns),
+                    timer_period_ms: thread
+                        .timer_signals
+                        .last()
+                        .filter(|last| now_ns.saturating_sub(*last) <= WINDOW_NS)
+                        .and(thread.timer_signals.median_ms()),
+                    eintr_per_s: thread.windows.eintr.per_second(now_ns),
+                    punished_pct: (thread.windows.punished_ns.sum(now_ns) as f64 * 100.0
+                        / WINDOW_NS as f64)
+                        .min(100.0),
+                    verdict,
+                    confirmed,
+                    evidence,
+                    totals: thread.totals.clone(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (a.verdict, a.pid, a.vcpu.unwrap_or(u32::MAX), a.tid).cmp(&(
+                b.verdict,
+                b.pid,
+                b.vcpu.unwrap_or(u32::MAX),
+                b.tid,
+            ))
+        });
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! Classifier tests on modelled event streams (see `crate::simulate` for
+//! the kernel functions each step models) and on hand-built streams.
+
+use super::*;
+use crate::simulate::{self, DetectMode, ProbeSet, Scenario};
+
+const TID: u32 = 4250;
+
+fn replay(events: &[Event]) -> Model {
+    let mut model = Model::new();
+    for event in events {
+        model.apply(event);
+    }
+    model
+}
+
+fn row_at(model: &mut Model, now_ns: u64) -> ThreadRow {
+    model
+        .rows(now_ns, true)
+        .into_iter()
+        .find(|row| row.tid == TID)
+        .expect("row for the vCPU thread")
+}
+
+fn final_row(scenario: &Scenario) -> (ThreadRow, simulate::SimulatedRun) {
+    let run = simulate::run(scenario);
+    let mut model = replay(&run.events);
+    let now = model.latest_ns();
+    (row_at(&mut model, now), run)
+}
+
+#[test]
+fn seed_001_at_hz1000_9ms_timer_is_a_confirmed_livelock_with_zero_progress() {
+    let (row, run) = final_row(&Scenario::seed_001(1000, 9.0, 3000));
+    assert_eq!(run.guest_iterations, 0, "the model must make no progress");
+    assert_eq!(row.verdict, Verdict::Livelock, "{row:#?}");
+    assert!(row.confirmed);
+    assert!(
+        row.evidence[0].contains("at IP 0xffffffff810238b0"),
+        "{:?}",
+        row.evidence
+    );
+    assert!(
+        row.evidence
+            .iter()
+            .any(|line| line.contains("msleep_interruptible(10) returned"))
+    );
+    assert!(
+        // A one-shot timer re-armed per KVM_RUN: period plus the VMM's turnaround.
+        row.evidence
+            .iter()
+            .any(|line| line.starts_with("SI_TIMER SIGUSR1 every 9.1 ms")),
+        "{:?}",
+        row.evidence
+    );
+    assert_eq!(row.interrupted_pct, Some(100.0));
+    assert_eq!(row.totals.completed_episodes, 0);
+}
+
+#[test]
+fn seed_001_at_hz1000_11ms_timer_progresses_and_is_throttled() {
+    let (row, run) = final_row(&Scenario::seed_001(1000, 11.0, 3000));
+    assert!(run.guest_iterations > 0);
+    assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
+    assert!(row.totals.completed_episodes > 0);
+}
+
+#[test]
+fn at_hz250_an_11ms_timer_still_livelocks_because_the_sleep_is_12_to_16ms() {
+    let (row, run) = final_row(&Scenario::seed_001(250, 11.0, 3000));
+    assert_eq!(run.guest_iterations, 0);
+    assert_eq!(row.verdict, Verdict::Livelock);
+    let (row, run) = final_row(&Scenario::seed_001(250, 20.0, 3000));
+    assert!(run.guest_iterations > 0);
+    assert_eq!(row.verdict, Verdict::Throttled);
+}
+
+#[test]
+fn seed_001_sweep_zero_progress_below_the_punishment_progress_above() {
+    for period_ms in 1..=20u32 {
+        let run = simulate::run(&Scenario::seed_001(1000, f64::from(period_ms), 1000));
+        let mut model = replay(&run.events);
+        let now = model.latest_ns();
+        let row = row_at(&mut model, now);
+        if period_ms < 10 {
+            assert_eq!(run.guest_iterations, 0, "period {period_ms} ms");
+            assert_eq!(row.verdict, Verdict::Livelock, "period {period_ms} ms");
+        } else if period_ms >= 11 {
+            assert!(run.guest_iterations > 0, "period {period_ms} ms");
+            assert_eq!(row.verdict, Verdict::Throttled, "period {period_ms} ms");
+        }
+    }
+}
+
+#[test]
+fn verdict_comes_within_a_second_of_onset_and_never_flaps() {
+    let scenario = Scenario::seed_001(250, 1.0, 5000);
+    let run = simulate::run(&scenario);
+    let mut model = Model::new();
+    let mut verdicts = Vec::new();
+    let mut next_sample = scenario.start_ns;
+    for event in &run.events {
+        while event.ts_ns >= next_sample {
+            if let Some(row) = model
+                .rows(next_sample, true)
+                .into_iter()
+                .find(|row| row.tid == TID)
+            {
+                verdicts.push((next_sample, row.verdict));
+            }
+            next_sample += 100_000_000;
+        }
+        model.apply(event);
+    }
+    let first_livelock = verdicts
+        .iter()
+        .find(|(_, verdict)| *verdict == Verdict::Livelock)
+        .expect("livelock detected");
+    assert!(first_livelock.0 - scenario.start_ns <= 1_000_000_000);
+    let transitions = verdicts
+        .windows(2)
+        .filter(|pair| pair[0].1 != pair[1].1)
+        .count();
+    assert!(transitions <= 1, "{verdicts:?}");
+}
+
+#[test]
+fn a_single_interrupted_episode_is_not_a_livelock() {
+    let trap = |ts, body| Event {
+        ts_ns: ts,
+        cpu: 0,
+        tgid: 1,
+        tid: TID,
+        comm: "CPU 0/KVM".into(),
+        body,
+    };
+    let events = vec![
+        trap(
+            1_000,
+            EventBody::SplitLockTrap {
+                source: TrapSource::Guest,
+                ip: 0x10,
+            },
+        ),
+        trap(
+            2_000_000,
+            EventBody::Signal {
+                sig: 10,
+                errno: 0,
+                code: -2,
+                target_tid: TID,
+                group: Some(0),
+                result: Some(0),
+            },
+        ),
+        trap(2_001_000, EventBody::SleepReturn { remaining_ms: 8 }),
+        trap(
+            2_002_000,
+            EventBody::SplitLockReturn {
+                source: TrapSource::Guest,
+                handled: true,
+                duration_ns: 2_001_000,
+            },
+        ),
+        trap(
+            2_010_000,
+            EventBody::UserspaceExit {
+                reason: 10,
+                errno: -4,
+            },
+        ),
+    ];
+    let mut model = replay(&events);
+    let row = row_at(&mut model, 3_000_000);
+    assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
+    // Two in a row at the same IP are still below the streak of three.
+    let mut more = events.clone();
+    for event in &events {
+        let mut later = event.clone();
+        later.ts_ns += 10_000_000;
+        more.push(later);
+    }
+    let mut model = replay(&more);
+    assert_eq!(row_at(&mut model, 13_000_000).verdict, Verdict::Throttled);
+    // The third one makes it a livelock.
+    for event in &events {
+        let mut later = event.clone();
+        later.ts_ns += 20_000_000;
+        model.apply(&later);
+    }
+    assert_eq!(row_at(&mut model, 23_000_000).verdict, Verdict::Livelock);
+}
+
+#[test]
+fn livelock_resolves_when_the_operator_sets_split_lock_mitigate_to_zero() {
+    let mut scenario = Scenario::seed_001(1000, 1.0, 4000);
+    scenario.mitigate = vec![(0, true), (2_000_000_000, false)];
+    let run = simulate::run(&scenario);
+    assert!(run.guest_iterations > 0, "progress after the sysctl change");
+    let mut model = Model::new();
+    let switch = scenario.start_ns + 2_000_000_000;
+    let mut before = None;
+    for event in &run.events {
+        if before.is_none() && event.ts_ns >= switch {
+            before = Some(row_at(&mut model, switch).verdict);
+        }
+        model.apply(event);
+    }
+    assert_eq!(before, Some(Verdict::Livelock));
+    let end = model.latest_ns();
+    let row = row_at(&mut model, end);
+    assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
+    // After the quiet hold without traps the thread is no longer flagged.
+    let later = row_at(&mut model, end + QUIET_HOLD_NS + 1);
+    assert!(
+        matches!(later.verdict, Verdict::Ok | Verdict::Idle),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn tracepoint_only_infers_the_livelock_and_says_so() {
+    let mut scenario = Scenario::seed_001(1000, 1.0, 2000);
+    scenario.probes = ProbeSet::TracepointOnly;
+    let (row, _) = final_row(&scenario);
+    assert_eq!(row.verdict, Verdict::Livelock);
+    assert!(!row.confirmed);
+    assert_eq!(row.verdict_label(), "LIVELOCK (inferred)");
+    assert!(
+        row.evidence[0].starts_with("inferred (no kprobes)"),
+        "{:?}",
+        row.evidence
+    );
+
+    scenario.period_ns = 20_000_000;
+    let (row, _) = final_row(&scenario);
+    assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
+    assert!(!row.confirmed);
+}
+
+#[test]
+fn fatal_mode_is_killed() {
+    let mut scenario = Scenario::seed_001(1000, 1.0, 1000);
+    scenario.mode = DetectMode::Fatal;
+    let (row, _) = final_row(&scenario);
+    assert_eq!(row.verdict, Verdict::Killed, "{row:#?}");
+    // Tracepoint-only still sees the SIGBUS.
+    scenario.probes = ProbeSet::TracepointOnly;
+    let (row, _) = final_row(&scenario);
+    assert_eq!(row.verdict, Verdict::Killed);
+}
+
+fn vcpu_event(ts: u64, body: EventBody) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        tgid: 7,
+        tid: TID,
+        comm: "CPU 0/KVM".into(),
+        body,
+    }
+}
+
+#[test]
+fn kvm_error_exits_are_reported_with_the_hardware_reason() {
+    let mut model = replay(&[
+        vcpu_event(
+            1_000,
+            EventBody::VmExit {
+                exit_reason: 0x8000_0021,
+                isa: 1,
+                guest_rip: 0x8000,
+                info1: 0,
+                info2: 0,
+                intr_info: 0,
+                error_code: 0,
+                vcpu_id: 0,
+            },
+        ),
+        vcpu_event(
+            2_000,
+            EventBody::UserspaceExit {
+                reason: 9,
+                errno: 0,
+            },
+        ),
+    ]);
+    let row = row_at(&mut model, 3_000);
+    assert_eq!(row.verdict, Verdict::KvmError);
+    assert!(
+        row.evidence[0].contains("KVM_EXIT_FAIL_ENTRY (hardware error 0x80000021)"),
+        "{:?}",
+        row.evidence
+    );
+    assert!(row.evidence[1].contains("tdp_mmu"));
+
+    let mut model = replay(&[vcpu_event(
+        2_000,
+        EventBody::UserspaceExit {
+            reason: 17,
+            errno: 0,
+        },
+    )]);
+    let row = row_at(&mut model, 3_000);
+    assert_eq!(row.verdict, Verdict::KvmError);
+    assert!(row.evidence[1].contains("microcode"));
+    // Sticky: still an error much later.
+    assert_eq!(
+        row_at(&mut model, 20_000_000_000).verdict,
+        Verdict::KvmError
+    );
+}
+
+#[test]
+fn a_reused_tid_is_not_merged_with_its_predecessor() {
+    let mut model = replay(&[vcpu_event(
+        1_000,
+        EventBody::UserspaceExit {
+            reason: 17,
+            errno: 0,
+        },
+    )]);
+    let mut reborn = vcpu_event(
+        5_000_000,
+        EventBody::UserspaceExit {
+            reason: 10,
+            errno: -4,
+        },
+    );
+    reborn.tgid = 8;
+    model.apply(&reborn);
+    let thread = model.thread(TID).unwrap();
+    assert_eq!(thread.tgid, 8);
+    assert_eq!(thread.totals.error_exits, 0);
+    assert_eq!(thread.totals.eintr_exits, 1);
+}
+
+#[test]
+fn memory_stays_bounded_and_silent_threads_expire() {
+    let mut model = Model::new();
+    for tid in 0..(MAX_THREADS as u32 + 5_000) {
+        let mut event = vcpu_event(
+            u64::from(tid) * 1_000,
+            EventBody::UserspaceExit {
+                reason: 2,
+                errno: 0,
+            },
+        );
+        event.tid = tid;
+        event.tgid = tid;
+        model.apply(&event);
+    }
+    assert_eq!(model.thread_count(), MAX_THREADS);
+    // The oldest were evicted, the newest kept.
+    assert!(model.thread(0).is_none());
+    assert!(model.thread(MAX_THREADS as u32 + 4_999).is_some());
+    let last = model.latest_ns();
+    model.expire(last + THREAD_EXPIRY_NS + 1, |_| false);
+    assert_eq!(model.thread_count(), 0);
+}
+
+#[test]
+fn dead_threads_leave_after_the_window_when_reported_gone() {
+    let mut model = replay(&[vcpu_event(
+        1_000,
+        EventBody::UserspaceExit {
+            reason: 10,
+            errno: -4,
+        },
+    )]);
+    model.expire(1_000_000, |_| true);
+    assert_eq!(model.thread_count(), 1, "still inside the window");
+    model.expire(5_000_000_000, |_| true);
+    assert_eq!(model.thread_count(), 0);
+}
+
+#[test]
+fn quiet_vcpu_threads_only_with_all() {
+    let mut model = replay(&[vcpu_event(
+        1_000,
+        EventBody::UserspaceExit {
+            reason: 2,
+            errno: 0,
+        },
+    )]);
+    assert!(model.rows(5_000_000_000, false).is_empty());
+    assert_eq!(model.rows(5_000_000_000, true)[0].verdict, Verdict::Idle);
+    assert_eq!(model.rows(5_000_000_000, true)[0].vcpu, Some(0));
+}
+
+#[test]
+fn no_inferred_livelock_when_the_host_does_not_punish() {
+    let mut scenario = Scenario::seed_001(1000, 1.0, 2000);
+    scenario.probes = ProbeSet::TracepointOnly;
+    scenario.mitigate = vec![(0, false)];
+    let run = simulate::run(&scenario);
+    assert!(run.guest_iterations > 0);
+    let mut model = replay(&run.events);
+    model.set_misery_possible(Some(false));
+    let now = model.latest_ns();
+    let row = row_at(&mut model, now);
+    assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
+}
