@@ -76,8 +76,11 @@ pub enum EventKind {
     KvmExit = 10,
 }
 
-/// Number of slots in the per-CPU drop counter array (indexed by kind).
+/// Number of slots in the per-CPU drop counter array (indexed by kind; the
+/// last slot counts failed inserts into the thread-counter map).
 pub const EVENT_KIND_SLOTS: u32 = 16;
+/// `RING_DROPS` slot counting failed `THREAD_COUNTERS` inserts.
+pub const COUNTER_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 1;
 
 impl EventKind {
     /// Every kind, in numeric order.

@@ -30,10 +30,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
-    BUS_ADRALN, COMM_LEN, EVENT_KIND_SLOTS, EventHeader, EventKind, FIELD_ABSENT, KVM_RUN_EINTR,
-    KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent, SI_TIMER, SIGBUS,
-    SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent, ThreadCounters, TracerConfig,
-    kvm_exit_reason, vmx,
+    BUS_ADRALN, COMM_LEN, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventHeader, EventKind,
+    FIELD_ABSENT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent,
+    SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent,
+    ThreadCounters, TracerConfig, kvm_exit_reason, vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -92,6 +92,14 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
+fn count_counter_failure() {
+    if let Some(slot) = RING_DROPS.get_ptr_mut(COUNTER_INSERT_FAILED_SLOT) {
+        // SAFETY: per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
 fn count_drop(kind: EventKind) {
     if let Some(slot) = RING_DROPS.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while preemption is off.
@@ -144,7 +152,10 @@ fn counters(tid: u32, create: bool) -> Option<&'static mut ThreadCounters> {
 /// Counters of the current thread, with its tgid recorded.
 #[inline(always)]
 fn own_counters(tgid: u32, tid: u32, now: u64) -> Option<&'static mut ThreadCounters> {
-    let counters = counters(tid, true)?;
+    let Some(counters) = counters(tid, true) else {
+        count_counter_failure();
+        return None;
+    };
     counters.tgid = tgid;
     counters.last_seen_ns = now;
     Some(counters)
@@ -334,18 +345,24 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     };
     let is_timer = code == SI_TIMER;
     let is_sigbus = sig == SIGBUS && code == BUS_ADRALN;
-    let Some(counters) = counters(target as u32, is_timer || is_sigbus) else {
-        return 0;
-    };
     let now = now_ns();
-    counters.last_seen_ns = now;
-    if is_timer {
-        bump(&mut counters.timer_signals);
-    } else {
-        bump(&mut counters.other_signals);
-    }
-    if is_sigbus {
-        bump(&mut counters.sigbus_adraln);
+    match counters(target as u32, is_timer || is_sigbus) {
+        Some(counters) => {
+            counters.last_seen_ns = now;
+            if is_timer {
+                bump(&mut counters.timer_signals);
+            } else {
+                bump(&mut counters.other_signals);
+            }
+            if is_sigbus {
+                bump(&mut counters.sigbus_adraln);
+            }
+        }
+        // Not a tracked thread, and not a signal worth tracking one for.
+        None if !(is_timer || is_sigbus) => return 0,
+        // The counter map refused the entry: the event still goes out, and
+        // the failure is counted.
+        None => count_counter_failure(),
     }
     let (tgid, tid) = current_ids();
     emit(

@@ -1,6 +1,6 @@
 //! Command-line definitions shared by every subcommand.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -23,22 +23,9 @@ pub enum Command {
         after_help = "Example:\n  tracer live -i 1s --vm 100\n  tracer live -p $(pidof qemu-system-x86_64) -d 30s --json"
     )]
     Live(LiveArgs),
-    /// Record events to a versioned JSON Lines file.
-    #[command(after_help = "Example:\n  tracer record -o hang.jsonl -d 30s")]
-    Record(RecordArgs),
-    /// Replay a recording through the model and print the table, ftrace text, JSON or Perfetto.
-    #[command(
-        after_help = "Example:\n  tracer report hang.jsonl\n  tracer report hang.jsonl --format ftrace > for-lkml.txt"
-    )]
-    Report(ReportArgs),
     /// Try to attach every probe, print the probe table, detach.
     #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
     Probes(ProbesArgs),
-    /// Check the host's split-lock and KVM configuration.
-    #[command(
-        after_help = "Example:\n  tracer doctor\n  tracer doctor --root /tmp/host-snapshot --json"
-    )]
-    Doctor(DoctorArgs),
     /// Run the seed's KVM reproducer: a guest looping on a split-locked `lock bts`, kicked by a timer signal.
     #[command(
         after_help = "Example:\n  tracer repro --period 1ms -d 5s\n  tracer repro --sweep 1..20 -d 1s --vcpus 2"
@@ -78,55 +65,6 @@ pub struct LiveArgs {
     /// Print one JSON object per interval instead of a table.
     #[arg(long = "json")]
     pub json: bool,
-    /// Also record every event to this file.
-    #[arg(long = "record")]
-    pub record: Option<PathBuf>,
-    /// Overwrite an existing recording file.
-    #[arg(long = "force")]
-    pub force: bool,
-}
-
-/// `tracer record`.
-#[derive(Debug, Args)]
-pub struct RecordArgs {
-    /// Common tracing options.
-    #[command(flatten)]
-    pub trace: TraceArgs,
-    /// Output file.
-    #[arg(short = 'o', long = "output")]
-    pub output: PathBuf,
-    /// Overwrite an existing file.
-    #[arg(long = "force")]
-    pub force: bool,
-    /// Replace hostname, VM names and command lines with stable placeholders.
-    #[arg(long = "redact")]
-    pub redact: bool,
-}
-
-/// Output formats of `tracer report`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
-    /// The live view's table and verdicts.
-    Table,
-    /// Metadata header and ftrace-style lines for a mail to kernel developers.
-    Ftrace,
-    /// Summary as JSON.
-    Json,
-    /// Perfetto TrackEvent protobuf (needs -o).
-    Perfetto,
-}
-
-/// `tracer report`.
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    /// Recording to read.
-    pub input: PathBuf,
-    /// Output format.
-    #[arg(long = "format", value_enum, default_value = "table")]
-    pub format: ReportFormat,
-    /// Output file (stdout when omitted; required for perfetto).
-    #[arg(short = 'o', long = "output")]
-    pub output: Option<PathBuf>,
 }
 
 /// `tracer probes`.
@@ -135,23 +73,6 @@ pub struct ProbesArgs {
     /// Print JSON instead of a table.
     #[arg(long = "json")]
     pub json: bool,
-}
-
-/// `tracer doctor`.
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// Read a captured host snapshot instead of this host.
-    #[arg(long = "root", default_value = "/")]
-    pub root: PathBuf,
-    /// Print JSON.
-    #[arg(long = "json")]
-    pub json: bool,
-    /// Copy the files doctor reads into this directory.
-    #[arg(long = "collect")]
-    pub collect: Option<PathBuf>,
-    /// With --collect: replace hostname and command lines with placeholders.
-    #[arg(long = "redact")]
-    pub redact: bool,
 }
 
 /// `tracer repro`.
@@ -213,7 +134,7 @@ fn parse_duration_with_default_unit(
         }
     };
     let nanos = value * nanos_per_unit;
-    if !nanos.is_finite() || nanos < 0.0 || nanos > 1e18 {
+    if !nanos.is_finite() || !(0.0..=1e18).contains(&nanos) {
         return Err(format!("duration {text:?} is out of range"));
     }
     Ok(Duration::from_nanos(nanos as u64))
@@ -266,7 +187,7 @@ mod tests {
     #[test]
     fn durations_accept_units_and_plain_numbers() {
         assert_eq!(parse_duration_seconds("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration_seconds("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration_seconds("2m"), Ok(Duration::from_mins(2)));
         assert_eq!(parse_duration_seconds("7"), Ok(Duration::from_secs(7)));
         assert_eq!(
             parse_duration_seconds("500ms"),

@@ -338,8 +338,10 @@ mod tests {
 
     fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a POD value.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]

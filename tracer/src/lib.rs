@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod events;
 pub mod kernel;
+pub mod live;
 pub mod model;
 pub mod probes;
 pub mod repro;

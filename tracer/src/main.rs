@@ -16,8 +16,6 @@ fn main() {
             vm: None,
             all: false,
             json: false,
-            record: None,
-            force: false,
         })
     });
     let code = match tracer::commands::run(command) {

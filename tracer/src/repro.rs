@@ -186,12 +186,16 @@ impl GuestMemory {
 
     fn read_u32(&self, offset: u64) -> u32 {
         assert!(offset as usize + 4 <= self.len);
+        u32::from_le_bytes(self.read_bytes(offset))
+    }
+
+    fn read_bytes(&self, offset: u64) -> [u8; 4] {
         // SAFETY: bounds checked; the guest may write concurrently, hence volatile.
         unsafe {
             self.base
                 .as_ptr()
                 .add(offset as usize)
-                .cast::<u32>()
+                .cast::<[u8; 4]>()
                 .read_volatile()
         }
     }

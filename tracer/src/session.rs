@@ -16,7 +16,8 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    CONFIG_GLOBAL, EVENT_KIND_SLOTS, EventKind, ThreadCounters, TracerConfig, map_names,
+    CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, ThreadCounters,
+    TracerConfig, map_names,
 };
 
 use crate::{
@@ -53,6 +54,9 @@ pub struct LossCounts {
     pub ring_full: BTreeMap<String, u64>,
     /// Records that could not be decoded, per error text.
     pub undecodable: BTreeMap<String, u64>,
+    /// Failed inserts into the in-kernel per-thread counter map (its counts
+    /// for those threads are then short; events still went to the ring).
+    pub counter_map_full: u64,
     /// Program runs the kernel skipped because another BPF program was
     /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
     /// generating a signal while a tracepoint program ran), per program.
@@ -104,6 +108,9 @@ pub struct TraceSession {
 
 /// Checks for root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for older kernels).
 pub fn check_privileges() -> anyhow::Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return Ok(());
@@ -115,9 +122,6 @@ pub fn check_privileges() -> anyhow::Result<()> {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -310,7 +314,9 @@ impl TraceSession {
         let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         for slot in 0..EVENT_KIND_SLOTS {
             let total: u64 = drops.get(&slot, 0)?.iter().sum();
-            if total > 0 {
+            if slot == COUNTER_INSERT_FAILED_SLOT {
+                losses.counter_map_full = total;
+            } else if total > 0 {
                 let name = EventKind::from_raw(slot as u16).map_or("unknown", EventKind::name);
                 losses.ring_full.insert(name.to_owned(), total);
             }
@@ -338,7 +344,7 @@ impl TraceSession {
             .ok_or_else(|| anyhow!("map {} missing", map_names::THREAD_COUNTERS))?;
         let counters: HashMap<_, u32, ThreadCounters> = HashMap::try_from(map)?;
         let mut out = BTreeMap::new();
-        for entry in counters.iter() {
+        for entry in &counters {
             let (tid, value) = entry?;
             out.insert(tid, value);
         }

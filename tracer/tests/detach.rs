@@ -28,7 +28,9 @@ fn dropping_the_session_closes_every_bpf_object() {
     assert!(bpf_fds().is_empty(), "{:?}", bpf_fds());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let session = tracer::session::TraceSession::start(&Default::default()).unwrap();
+        let session =
+            tracer::session::TraceSession::start(&tracer::session::SessionOptions::default())
+                .unwrap();
         let during = bpf_fds();
         let programs = during.iter().filter(|fd| fd.contains("bpf-prog")).count();
         let attached = session.probes.attached_count();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{capture, have_kvm, have_root, skip};
+use common::{assert_counted, capture, have_kvm, have_root, skip};
 use tracer::{
     events::EventBody,
     probes::{self, ProbeKind, ProbeStatus},
@@ -107,7 +107,7 @@ fn check_exact_counts(period: Duration, vcpus: u32) {
     let signal_misses = missed("signal_generate");
     let exit_misses = missed("kvm_userspace_exit");
     if signal_misses + exit_misses > 0 {
-        common::skip(
+        skip(
             "exact equality",
             &format!(
                 "kernel skipped {signal_misses} signal_generate and {exit_misses} kvm_userspace_exit runs for recursion; checking bounds"
@@ -140,19 +140,18 @@ fn check_exact_counts(period: Duration, vcpus: u32) {
                 *errno == KVM_RUN_EINTR && *reason == kvm_exit_reason::INTR
             })
             .count() as u64;
-        let within = |seen: u64, truth: u64, misses: u64| seen <= truth && seen + misses >= truth;
-        assert!(
-            within(timer_signals, vcpu.signals_consumed, signal_misses),
-            "timer signals {timer_signals} for {vcpu:?} (misses {signal_misses})"
+        assert_counted(
+            "timer signals",
+            timer_signals,
+            vcpu.signals_consumed,
+            signal_misses,
         );
-        assert!(
-            within(eintr, vcpu.eintr_returns, exit_misses),
-            "EINTR exits {eintr} for {vcpu:?} (misses {exit_misses})"
-        );
-        assert!(
-            within(exits.len() as u64, vcpu.kvm_runs, exit_misses),
-            "{} KVM_RUN returns for {vcpu:?}",
-            exits.len()
+        assert_counted("EINTR exits", eintr, vcpu.eintr_returns, exit_misses);
+        assert_counted(
+            "KVM_RUN returns",
+            exits.len() as u64,
+            vcpu.kvm_runs,
+            exit_misses,
         );
         for (event, _, _) in &exits {
             assert_eq!(event.tgid, report.pid);

@@ -83,7 +83,7 @@ fn corrupt_kallsyms_line_is_reported_with_file_and_line() {
             assert_eq!(*line, 2);
             assert_eq!(found, "this line is not a symbol");
         }
-        other => panic!("unexpected error {other:?}"),
+        other @ KallsymsError::Read { .. } => panic!("unexpected error {other:?}"),
     }
     assert!(error.to_string().contains("constructed-corrupt.txt:2"));
 }

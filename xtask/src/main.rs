@@ -42,7 +42,9 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Run { args } => setup::run().and_then(|()| run_tracer(&args)),
-        Task::Test { no_lint } => setup::run().and_then(|()| test(no_lint)),
+        Task::Test { no_lint } => setup::run()
+            .and_then(|()| setup::test_prerequisites())
+            .and_then(|()| test(no_lint)),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -93,6 +95,8 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    // One test at a time: the live tests each attach a tracer session and
+    // run a KVM guest, as one operator would on one host.
     run_command(cargo().args([
         "test",
         "--package",
@@ -101,6 +105,8 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
         "tracer-common",
         "--package",
         "xtask",
+        "--",
+        "--test-threads=1",
     ]))?;
     Ok(())
 }

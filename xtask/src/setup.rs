@@ -176,3 +176,34 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Tools only the tests need (tmux for the live-view screen test).
+pub fn test_prerequisites() -> anyhow::Result<()> {
+    if Command::new("tmux").arg("-V").output().is_ok() {
+        eprintln!("xtask: tmux: present");
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || Command::new("apt-get").arg("--version").output().is_err() {
+        eprintln!(
+            "xtask: tmux missing and cannot be installed here; the tmux screen test will print SKIP"
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: tmux: missing, installing with apt-get");
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "tmux"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .or_else(|_| {
+        run_command(Command::new("apt-get").arg("update"))?;
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "tmux"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    })
+    .context("installing tmux (manual fix: `apt-get install -y tmux`)")
+}

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<i32>`
 //! returning the process exit code.
 
+pub mod live;
 pub mod probes;
 pub mod repro;
 
@@ -9,10 +10,8 @@ use crate::cli::Command;
 /// Runs a parsed subcommand and returns the exit code.
 pub fn run(command: Command) -> anyhow::Result<i32> {
     match command {
+        Command::Live(args) => live::run(&args),
         Command::Probes(args) => probes::run(&args),
         Command::Repro(args) => repro::run(&args),
-        Command::Live(_) | Command::Record(_) | Command::Report(_) | Command::Doctor(_) => {
-            anyhow::bail!("not built yet")
-        }
     }
 }

@@ -31,7 +31,7 @@ pub fn run(args: &ProbesArgs) -> anyhow::Result<i32> {
         }
     }
     drop(attached);
-    Ok(if mode.is_some() { 0 } else { 1 })
+    Ok(i32::from(mode.is_none()))
 }
 
 /// Renders the probe table.

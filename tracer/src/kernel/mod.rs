@@ -1,4 +1,5 @@
 //! Reading the running kernel: symbols and tracefs formats.
 
+pub mod host;
 pub mod kallsyms;
 pub mod tracefs;

@@ -230,15 +230,12 @@ fn parse_field(line: &str) -> Option<FormatField> {
     }
     let declaration = declaration?;
     // "char comm[16]" -> type "char[16]", name "comm"; "int sig" -> "int", "sig".
-    let (c_type, name) = match declaration.split_once('[') {
-        Some((head, tail)) => {
-            let (ty, name) = head.trim().rsplit_once(' ')?;
-            (format!("{ty}[{tail}"), name.to_owned())
-        }
-        None => {
-            let (ty, name) = declaration.rsplit_once(' ')?;
-            (ty.trim().to_owned(), name.to_owned())
-        }
+    let (c_type, name) = if let Some((head, tail)) = declaration.split_once('[') {
+        let (ty, name) = head.trim().rsplit_once(' ')?;
+        (format!("{ty}[{tail}"), name.to_owned())
+    } else {
+        let (ty, name) = declaration.rsplit_once(' ')?;
+        (ty.trim().to_owned(), name.to_owned())
     };
     Some(FormatField {
         c_type,

@@ -393,7 +393,7 @@ impl ThreadState {
                 }
             }
             EventBody::UserspaceExit { reason, errno } => {
-                self.apply_userspace_exit(ts, *reason, *errno)
+                self.apply_userspace_exit(ts, *reason, *errno);
             }
             EventBody::VmExit {
                 exit_reason,
@@ -443,9 +443,12 @@ impl ThreadState {
             // returned into the guest, i.e. the punishment was not cut short.
             self.ac.streak = 0;
             self.ac.last_completed_ns = Some(ts);
-            self.windows
-                .punished_ns
-                .add(ts, ts.saturating_sub(previous_ts).min(PUNISHMENT_MIN_NS));
+            if self.totals.traps == 0 {
+                // No kprobe episodes: count the punishment's minimum length.
+                self.windows
+                    .punished_ns
+                    .add(ts, ts.saturating_sub(previous_ts).min(PUNISHMENT_MIN_NS));
+            }
             if self.livelock.is_some_and(|state| !state.confirmed) {
                 self.livelock = None;
             }
@@ -472,7 +475,9 @@ impl ThreadState {
             let cut_short = self.totals.traps == 0
                 && errno == KVM_RUN_EINTR
                 && ts.saturating_sub(ac_ts) < PUNISHMENT_MIN_NS;
-            self.windows.punished_ns.add(ts, ts.saturating_sub(ac_ts));
+            if self.totals.traps == 0 {
+                self.windows.punished_ns.add(ts, ts.saturating_sub(ac_ts));
+            }
             if cut_short {
                 if self.ac.rip == rip && self.ac.streak > 0 {
                     self.ac.streak += 1;
@@ -685,6 +690,58 @@ pub struct ThreadRow {
     pub evidence: Vec<String>,
     /// Totals since first seen.
     pub totals: ThreadTotals,
+    /// The kernel's own exact counts for this thread (live sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounts>,
+}
+
+/// Exact per-thread counts kept by the eBPF programs in a map, independent
+/// of ring-buffer delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounts {
+    /// Guest split-lock traps.
+    pub guest_traps: u64,
+    /// Host split-lock traps.
+    pub user_traps: u64,
+    /// Punishment sleeps interrupted.
+    pub sleeps_interrupted: u64,
+    /// Punishment sleeps completed.
+    pub sleeps_completed: u64,
+    /// Semaphore waits interrupted.
+    pub semaphore_interrupted: u64,
+    /// SI_TIMER signals.
+    pub timer_signals: u64,
+    /// Other signals.
+    pub other_signals: u64,
+    /// All VM exits.
+    pub vm_exits: u64,
+    /// #AC VM exits.
+    pub ac_vm_exits: u64,
+    /// KVM_RUN returns.
+    pub userspace_exits: u64,
+    /// KVM_RUN EINTR returns.
+    pub eintr_exits: u64,
+    /// KVM_RUN error returns.
+    pub error_exits: u64,
+}
+
+impl From<&tracer_common::ThreadCounters> for KernelCounts {
+    fn from(counters: &tracer_common::ThreadCounters) -> Self {
+        Self {
+            guest_traps: counters.guest_split_lock_traps,
+            user_traps: counters.user_split_lock_traps,
+            sleeps_interrupted: counters.sleeps_interrupted,
+            sleeps_completed: counters.sleeps_completed,
+            semaphore_interrupted: counters.semaphore_interrupted,
+            timer_signals: counters.timer_signals,
+            other_signals: counters.other_signals,
+            vm_exits: counters.kvm_exits,
+            ac_vm_exits: counters.kvm_exits_split_lock,
+            userspace_exits: counters.userspace_exits,
+            eintr_exits: counters.userspace_exits_eintr,
+            error_exits: counters.userspace_exits_error,
+        }
+    }
 }
 
 impl ThreadRow {
@@ -862,6 +919,7 @@ impl Model {
                     confirmed,
                     evidence,
                     totals: thread.totals.clone(),
+                    kernel: None,
                 })
             })
             .collect();

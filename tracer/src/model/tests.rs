@@ -401,3 +401,40 @@ fn no_inferred_livelock_when_the_host_does_not_punish() {
     let row = row_at(&mut model, now);
     assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");
 }
+
+#[test]
+fn punished_share_matches_the_time_spent_in_handlers() {
+    let scenario = Scenario::seed_001(250, 50.0, 3000);
+    let run = simulate::run(&scenario);
+    let end = run.events.last().unwrap().ts_ns;
+    let window_start = end - WINDOW_NS;
+    let mut in_handlers = 0;
+    let mut entered = None;
+    for event in &run.events {
+        match event.body {
+            EventBody::SplitLockTrap {
+                source: TrapSource::Guest,
+                ..
+            } => entered = Some(event.ts_ns),
+            EventBody::SplitLockReturn { .. }
+                if event.ts_ns / rate::BUCKET_NS > window_start / rate::BUCKET_NS =>
+            {
+                in_handlers += event.ts_ns - entered.unwrap();
+            }
+            _ => {}
+        }
+    }
+    let expected = in_handlers as f64 * 100.0 / WINDOW_NS as f64;
+    let mut model = replay(&run.events);
+    let row = row_at(&mut model, end);
+    assert!(
+        (row.punished_pct - expected).abs() < 1.0,
+        "{} vs {expected}",
+        row.punished_pct
+    );
+    assert!(
+        row.punished_pct > 50.0 && row.punished_pct < 90.0,
+        "{}",
+        row.punished_pct
+    );
+}

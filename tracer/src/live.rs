@@ -1,0 +1,241 @@
+//! Rendering of the live view: a pure function of the model's rows and the
+//! session's status, snapshot-tested.
+
+use std::fmt::Write as _;
+
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{LIVELOCK_MITIGATIONS, ThreadRow, Verdict};
+
+/// What the header shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewStatus {
+    /// `full` or `tracepoint-only`.
+    pub mode: String,
+    /// Attached probes.
+    pub probes_attached: usize,
+    /// All probes.
+    pub probes_total: usize,
+    /// Events per second over the last interval.
+    pub events_per_s: f64,
+    /// Ring-buffer drops so far.
+    pub lost_ring: u64,
+    /// Undecodable records so far.
+    pub lost_undecodable: u64,
+    /// Program runs skipped by the kernel for recursion so far.
+    pub lost_recursion: u64,
+    /// Failed inserts into the in-kernel counter map.
+    #[serde(default)]
+    pub counter_map_full: u64,
+    /// Seconds since start.
+    pub elapsed_s: f64,
+}
+
+/// Whether to colour cells (terminals) or not (pipes, snapshots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// ANSI colours.
+    Color,
+    /// Plain text.
+    Plain,
+}
+
+fn verdict_color(verdict: Verdict) -> Color {
+    match verdict {
+        Verdict::Livelock | Verdict::Killed | Verdict::KvmError => Color::Red,
+        Verdict::Throttled => Color::Yellow,
+        Verdict::Ok => Color::Green,
+        Verdict::Idle => Color::Grey,
+    }
+}
+
+fn rate(value: f64) -> String {
+    if value == 0.0 {
+        "0".into()
+    } else if value < 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// Renders the whole screen: header, table, footer.
+pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
+    let mut out = format!(
+        "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} recursion {} | {:.0} s\n",
+        status.mode,
+        status.probes_attached,
+        status.probes_total,
+        rate(status.events_per_s),
+        status.lost_ring,
+        status.lost_undecodable,
+        status.lost_recursion,
+        status.elapsed_s
+    );
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(width);
+    if style == Style::Plain {
+        table.force_no_tty();
+    } else {
+        table.enforce_styling();
+    }
+    table.set_header([
+        "VM (pid)",
+        "vCPU",
+        "tid",
+        "traps/s",
+        "last IP",
+        "intr %",
+        "signals/s (period)",
+        "EINTR/s",
+        "punished %",
+        "verdict",
+    ]);
+    for row in rows {
+        let vm = match &row.vm {
+            Some(label) => format!("{label} ({})", row.pid),
+            None => format!(
+                "{} ({})",
+                if row.comm.is_empty() { "?" } else { "-" },
+                row.pid
+            ),
+        };
+        let signals = match row.timer_period_ms {
+            Some(period) => format!("{} ({period:.1} ms)", rate(row.signals_per_s)),
+            None => rate(row.signals_per_s),
+        };
+        let mut verdict = Cell::new(row.verdict_label());
+        if style == Style::Color {
+            verdict = verdict.fg(verdict_color(row.verdict));
+        }
+        table.add_row(vec![
+            Cell::new(vm),
+            Cell::new(row.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string())),
+            Cell::new(row.tid),
+            Cell::new(rate(row.traps_per_s)),
+            Cell::new(
+                row.last_ip
+                    .map_or_else(|| "-".into(), |ip| format!("0x{ip:x}")),
+            ),
+            Cell::new(
+                row.interrupted_pct
+                    .map_or_else(|| "-".into(), |pct| format!("{pct:.0}")),
+            ),
+            Cell::new(signals),
+            Cell::new(rate(row.eintr_per_s)),
+            Cell::new(format!("{:.0}", row.punished_pct)),
+            verdict,
+        ]);
+    }
+    if rows.is_empty() {
+        out.push_str(
+            "no vCPU or split-locking thread active (use --all to list quiet vCPU threads)\n",
+        );
+    } else {
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    let stuck: Vec<&ThreadRow> = rows
+        .iter()
+        .filter(|row| {
+            matches!(
+                row.verdict,
+                Verdict::Livelock | Verdict::Killed | Verdict::KvmError
+            )
+        })
+        .collect();
+    for row in &stuck {
+        let _ = writeln!(
+            out,
+            "{} tid {} ({}):",
+            row.verdict_label(),
+            row.tid,
+            row.comm
+        );
+        for line in &row.evidence {
+            let _ = writeln!(out, "  - {line}");
+        }
+    }
+    if stuck.iter().any(|row| row.verdict == Verdict::Livelock) {
+        out.push_str("mitigations for LIVELOCK (any one):\n");
+        for mitigation in LIVELOCK_MITIGATIONS {
+            let _ = writeln!(out, "  * {mitigation}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Model, ProcessInfo},
+        simulate::{self, ProbeSet, Scenario},
+    };
+
+    fn status() -> ViewStatus {
+        ViewStatus {
+            mode: "full".into(),
+            probes_attached: 10,
+            probes_total: 10,
+            events_per_s: 2010.0,
+            lost_ring: 0,
+            lost_undecodable: 0,
+            lost_recursion: 0,
+            counter_map_full: 0,
+            elapsed_s: 12.0,
+        }
+    }
+
+    fn rows_for(scenarios: &[Scenario]) -> Vec<ThreadRow> {
+        let mut model = Model::new();
+        let mut events: Vec<_> = scenarios
+            .iter()
+            .flat_map(|scenario| simulate::run(scenario).events)
+            .collect();
+        events.sort_by_key(|event| event.ts_ns);
+        for event in &events {
+            model.apply(event);
+        }
+        model.set_process_info(
+            4242,
+            ProcessInfo {
+                name: Some("haos".into()),
+                vmid: Some("100".into()),
+                comm: Some("kvm".into()),
+            },
+        );
+        let now = model.latest_ns();
+        model.rows(now, true)
+    }
+
+    #[test]
+    fn livelocked_and_throttled_vcpus() {
+        let stuck = Scenario::seed_001(250, 1.0, 3000);
+        let mut slow = Scenario::seed_001(250, 50.0, 3000);
+        slow.tid = 4251;
+        let screen = render(&status(), &rows_for(&[stuck, slow]), Style::Plain, 160);
+        insta::assert_snapshot!(screen);
+    }
+
+    #[test]
+    fn tracepoint_only_inferred() {
+        let mut stuck = Scenario::seed_001(1000, 2.0, 3000);
+        stuck.probes = ProbeSet::TracepointOnly;
+        let mut view = status();
+        view.mode = "tracepoint-only".into();
+        view.probes_attached = 3;
+        let screen = render(&view, &rows_for(&[stuck]), Style::Plain, 160);
+        insta::assert_snapshot!(screen);
+    }
+
+    #[test]
+    fn empty_view_says_what_to_do() {
+        let screen = render(&status(), &[], Style::Plain, 120);
+        assert!(screen.contains("use --all"), "{screen}");
+    }
+}
