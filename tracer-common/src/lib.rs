@@ -31,6 +31,12 @@ pub mod kvm_exit_reason {
     pub const INTR: u32 = 10;
     /// `KVM_EXIT_INTERNAL_ERROR` (e.g. suberror 3, delivery event).
     pub const INTERNAL_ERROR: u32 = 17;
+
+    /// Whether a KVM_RUN return (`errno` 0) with this reason means the vCPU
+    /// cannot go on: internal error, failed entry or shutdown.
+    pub const fn is_error(reason: u32, errno: i32) -> bool {
+        errno == 0 && matches!(reason, INTERNAL_ERROR | FAIL_ENTRY | SHUTDOWN)
+    }
 }
 
 /// VMX facts used to recognise a split-lock #AC VM exit in `kvm:kvm_exit`.

@@ -395,14 +395,7 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
         bump(&mut counters.userspace_exits);
         if errno == KVM_RUN_EINTR {
             bump(&mut counters.userspace_exits_eintr);
-        } else if errno == 0
-            && matches!(
-                reason,
-                kvm_exit_reason::INTERNAL_ERROR
-                    | kvm_exit_reason::FAIL_ENTRY
-                    | kvm_exit_reason::SHUTDOWN
-            )
-        {
+        } else if kvm_exit_reason::is_error(reason, errno) {
             bump(&mut counters.userspace_exits_error);
         }
     }

@@ -78,17 +78,20 @@ fn run_tracer(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// The host-side packages (the eBPF crate only builds for the BPF target).
+const HOST_PACKAGES: [&str; 6] = [
+    "--package",
+    "tracer",
+    "--package",
+    "tracer-common",
+    "--package",
+    "xtask",
+];
+
 fn test(no_lint: bool) -> anyhow::Result<()> {
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
-        run_command(cargo().args([
-            "clippy",
-            "--package",
-            "tracer",
-            "--package",
-            "tracer-common",
-            "--package",
-            "xtask",
+        run_command(cargo().arg("clippy").args(HOST_PACKAGES).args([
             "--all-targets",
             "--",
             "-D",
@@ -97,16 +100,53 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     }
     // One test at a time: the live tests each attach a tracer session and
     // run a KVM guest, as one operator would on one host.
-    run_command(cargo().args([
-        "test",
-        "--package",
-        "tracer",
-        "--package",
-        "tracer-common",
-        "--package",
-        "xtask",
-        "--",
-        "--test-threads=1",
-    ]))?;
+    let mut command = cargo();
+    command
+        .arg("test")
+        .args(HOST_PACKAGES)
+        .args(["--", "--test-threads=1"]);
+    let (passed, failed) = run_tests_counting(&mut command)?;
+    // The closing line CI reads: the totals of every test binary.
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums the `test result:` lines.
+fn run_tests_counting(command: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+
+    eprintln!("xtask: running {command:?}");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|number| number.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() && failed == 0 {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok((passed, failed))
 }

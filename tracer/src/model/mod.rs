@@ -502,14 +502,7 @@ impl ThreadState {
         if errno == KVM_RUN_EINTR {
             self.totals.eintr_exits += 1;
             self.windows.eintr.add(ts, 1);
-        } else if errno == 0
-            && matches!(
-                reason,
-                kvm_exit_reason::INTERNAL_ERROR
-                    | kvm_exit_reason::FAIL_ENTRY
-                    | kvm_exit_reason::SHUTDOWN
-            )
-        {
+        } else if kvm_exit_reason::is_error(reason, errno) {
             self.totals.error_exits += 1;
             let detail = match (reason, self.failed_entry_reason) {
                 (kvm_exit_reason::FAIL_ENTRY, Some(hw)) => {
