@@ -87,6 +87,9 @@ pub enum EventKind {
 pub const EVENT_KIND_SLOTS: u32 = 16;
 /// `RING_DROPS` slot counting failed `THREAD_COUNTERS` inserts.
 pub const COUNTER_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 1;
+/// `RING_DROPS` slot counting failed `SPLIT_LOCK_WINDOW` inserts: the
+/// punishment results of that episode then go unreported.
+pub const WINDOW_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 2;
 
 impl EventKind {
     /// Every kind, in numeric order.

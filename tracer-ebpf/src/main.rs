@@ -33,7 +33,7 @@ use tracer_common::{
     BUS_ADRALN, COMM_LEN, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventHeader, EventKind,
     FIELD_ABSENT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent,
     SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent,
-    ThreadCounters, TracerConfig, kvm_exit_reason, vmx,
+    ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, kvm_exit_reason, vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -92,19 +92,21 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn count_counter_failure() {
-    if let Some(slot) = RING_DROPS.get_ptr_mut(COUNTER_INSERT_FAILED_SLOT) {
-        // SAFETY: per-CPU slot.
+fn count_in_slot(index: u32) {
+    if let Some(slot) = RING_DROPS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while preemption is off.
         unsafe { *slot += 1 };
     }
 }
 
 #[inline(always)]
+fn count_counter_failure() {
+    count_in_slot(COUNTER_INSERT_FAILED_SLOT);
+}
+
+#[inline(always)]
 fn count_drop(kind: EventKind) {
-    if let Some(slot) = RING_DROPS.get_ptr_mut(kind as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while preemption is off.
-        unsafe { *slot += 1 };
-    }
+    count_in_slot(kind as u32);
 }
 
 /// Writes `event` into the ring buffer or counts the drop.
@@ -176,7 +178,9 @@ fn split_lock_entry(kind: EventKind, ip: u64) {
         return;
     }
     let now = now_ns();
-    let _ = SPLIT_LOCK_WINDOW.insert(tid, now, 0);
+    if SPLIT_LOCK_WINDOW.insert(tid, now, 0).is_err() {
+        count_in_slot(WINDOW_INSERT_FAILED_SLOT);
+    }
     if let Some(counters) = own_counters(tgid, tid, now) {
         match kind {
             EventKind::GuestSplitLockEntry => bump(&mut counters.guest_split_lock_traps),

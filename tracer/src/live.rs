@@ -28,6 +28,9 @@ pub struct ViewStatus {
     /// Failed inserts into the in-kernel counter map.
     #[serde(default)]
     pub counter_map_full: u64,
+    /// Failed inserts into the split-lock window map.
+    #[serde(default)]
+    pub window_map_full: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
 }
@@ -73,6 +76,13 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
         status.lost_recursion,
         status.elapsed_s
     );
+    if status.counter_map_full + status.window_map_full > 0 {
+        let _ = writeln!(
+            out,
+            "in-kernel maps full: {} counter inserts and {} split-lock window inserts failed (counts short)",
+            status.counter_map_full, status.window_map_full
+        );
+    }
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
@@ -187,6 +197,7 @@ mod tests {
             lost_undecodable: 0,
             lost_recursion: 0,
             counter_map_full: 0,
+            window_map_full: 0,
             elapsed_s: 12.0,
         }
     }
@@ -231,6 +242,18 @@ mod tests {
         view.probes_attached = 3;
         let screen = render(&view, &rows_for(&[stuck]), Style::Plain, 160);
         insta::assert_snapshot!(screen);
+    }
+
+    #[test]
+    fn full_in_kernel_maps_are_shown() {
+        let mut view = status();
+        assert!(!render(&view, &[], Style::Plain, 120).contains("maps full"));
+        view.window_map_full = 3;
+        let screen = render(&view, &[], Style::Plain, 120);
+        assert!(
+            screen.contains("0 counter inserts and 3 split-lock window inserts failed"),
+            "{screen}"
+        );
     }
 
     #[test]

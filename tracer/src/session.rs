@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
     CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, ThreadCounters,
-    TracerConfig, map_names,
+    TracerConfig, WINDOW_INSERT_FAILED_SLOT, map_names,
 };
 
 use crate::{
@@ -57,6 +57,9 @@ pub struct LossCounts {
     /// Failed inserts into the in-kernel per-thread counter map (its counts
     /// for those threads are then short; events still went to the ring).
     pub counter_map_full: u64,
+    /// Failed inserts into the split-lock window map: those episodes'
+    /// sleep and semaphore results were not reported.
+    pub window_map_full: u64,
     /// Program runs the kernel skipped because another BPF program was
     /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
     /// generating a signal while a tracepoint program ran), per program.
@@ -316,6 +319,8 @@ impl TraceSession {
             let total: u64 = drops.get(&slot, 0)?.iter().sum();
             if slot == COUNTER_INSERT_FAILED_SLOT {
                 losses.counter_map_full = total;
+            } else if slot == WINDOW_INSERT_FAILED_SLOT {
+                losses.window_map_full = total;
             } else if total > 0 {
                 let name = EventKind::from_raw(slot as u16).map_or("unknown", EventKind::name);
                 losses.ring_full.insert(name.to_owned(), total);

@@ -154,6 +154,7 @@ async fn run_async(args: &LiveArgs) -> anyhow::Result<i32> {
                     lost_undecodable: losses.undecodable_total(),
                     lost_recursion: losses.recursion_total(),
                     counter_map_full: losses.counter_map_full,
+                    window_map_full: losses.window_map_full,
                     elapsed_s: started.elapsed().as_secs_f64(),
                 };
                 events_this_interval = 0;
