@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent,
+    COMM_LEN, EventHeader, EventKind, KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent,
     SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent,
 };
 
@@ -93,6 +93,81 @@ pub enum EventBody {
     },
 }
 
+/// A task's `comm`, kept inline as the kernel's 16 NUL-padded bytes so
+/// decoding an event allocates nothing; serialised as a string.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded bytes.
+    pub fn from_bytes(bytes: [u8; COMM_LEN]) -> Self {
+        Self { bytes }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.iter().position(|&b| b == 0).unwrap_or(COMM_LEN)
+    }
+
+    /// The text (borrowed unless it is not valid UTF-8).
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..self.len()])
+    }
+
+    /// Whether the comm is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes[0] == 0
+    }
+}
+
+impl From<&str> for Comm {
+    /// Truncates to the kernel's 15 characters, as the kernel does.
+    fn from(text: &str) -> Self {
+        let mut bytes = [0u8; COMM_LEN];
+        let len = text.len().min(COMM_LEN - 1);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self { bytes }
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Comm {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Self::from(text.as_ref()))
+    }
+}
+
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -105,7 +180,7 @@ pub struct Event {
     /// Thread id of the current task.
     pub tid: u32,
     /// comm of the current task.
-    pub comm: String,
+    pub comm: Comm,
     /// What happened.
     #[serde(flatten)]
     pub body: EventBody,
@@ -161,11 +236,6 @@ fn read_record<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError>
     // SAFETY: length checked above; every type read here is a #[repr(C)] POD
     // from tracer-common, valid for any bit pattern.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
-}
-
-fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 fn optional(value: i32) -> Option<i32> {
@@ -257,7 +327,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         cpu: header.cpu,
         tgid: header.tgid,
         tid: header.tid,
-        comm: comm_string(&header.comm),
+        comm: Comm::from_bytes(header.comm),
         body,
     })
 }
@@ -318,8 +388,6 @@ pub fn signal_name(sig: i32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::COMM_LEN;
-
     use super::*;
 
     fn header(kind: EventKind) -> EventHeader {
@@ -385,6 +453,19 @@ mod tests {
                 expected: 88
             })
         ));
+    }
+
+    #[test]
+    fn comm_truncates_like_the_kernel_and_survives_json() {
+        let long = Comm::from("qemu-system-x86_64");
+        assert_eq!(long, "qemu-system-x86");
+        assert_eq!(long.as_str().len(), 15);
+        let back: Comm = serde_json::from_str(&serde_json::to_string(&long).unwrap()).unwrap();
+        assert_eq!(back, long);
+        assert!(Comm::default().is_empty());
+        let mut odd = [0u8; COMM_LEN];
+        odd[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(Comm::from_bytes(odd).as_str(), "a\u{fffd}b");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracer_common::{BUS_ADRALN, KVM_RUN_EINTR, SI_TIMER, SIGBUS, kvm_exit_reason
 
 use self::rate::{IntervalTracker, SlidingSum, WINDOW_NS};
 use crate::events::{
-    Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name,
+    Comm, Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name,
 };
 
 /// Consecutive interrupted episodes (or cut-short #AC exits) that make a livelock.
@@ -204,7 +204,7 @@ pub struct ThreadState {
     /// Process id (0 until an event ran in the thread's context).
     pub tgid: u32,
     /// comm.
-    pub comm: String,
+    pub comm: Comm,
     /// vCPU index, from `CPU N/KVM` or kvm_exit's vcpu_id.
     pub vcpu: Option<u32>,
     /// Evidence it runs KVM_RUN.
@@ -250,7 +250,7 @@ impl ThreadState {
         Self {
             tid,
             tgid: 0,
-            comm: String::new(),
+            comm: Comm::default(),
             vcpu: None,
             is_vcpu: false,
             totals: ThreadTotals::default(),
@@ -310,8 +310,8 @@ impl ThreadState {
         if event.in_subject_context() {
             self.tgid = event.tgid;
             if self.comm != event.comm {
-                self.comm.clone_from(&event.comm);
-                if let Some(index) = vcpu_index_from_comm(&event.comm) {
+                self.comm = event.comm;
+                if let Some(index) = vcpu_index_from_comm(&event.comm.as_str()) {
                     self.vcpu = Some(index);
                     self.is_vcpu = true;
                 }
@@ -893,7 +893,7 @@ impl Model {
                     vm: processes.get(&thread.tgid).and_then(ProcessInfo::label),
                     vcpu: thread.vcpu,
                     tid: thread.tid,
-                    comm: thread.comm.clone(),
+                    comm: thread.comm.to_string(),
                     traps_per_s: thread.traps_in_window(now_ns) as f64 / (WINDOW_NS as f64 / 1e9),
                     last_ip: thread.last_ip,
                     interrupted_pct: (episodes > 0)
