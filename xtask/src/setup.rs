@@ -29,7 +29,7 @@ pub fn workspace_root() -> anyhow::Result<PathBuf> {
 
 /// Runs every set-up step.
 pub fn run() -> anyhow::Result<()> {
-    rust_src()?;
+    toolchain_components()?;
     llvm()?;
     bpf_linker()?;
     eprintln!(
@@ -46,7 +46,11 @@ fn output_text(command: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn rust_src() -> anyhow::Result<()> {
+/// Components of the pinned toolchain the build (rust-src, for
+/// -Z build-std=core) and the checks (rustfmt, clippy) need.
+const COMPONENTS: [&str; 3] = ["rust-src", "rustfmt", "clippy"];
+
+fn toolchain_components() -> anyhow::Result<()> {
     let installed = output_text(Command::new("rustup").args([
         "component",
         "list",
@@ -55,7 +59,7 @@ fn rust_src() -> anyhow::Result<()> {
         TOOLCHAIN,
     ]));
     let Some(installed) = installed else {
-        eprintln!("xtask: toolchain {TOOLCHAIN} not installed; installing it with rust-src");
+        eprintln!("xtask: toolchain {TOOLCHAIN} not installed; installing it with {COMPONENTS:?}");
         return run_command(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -63,23 +67,20 @@ fn rust_src() -> anyhow::Result<()> {
             "--profile",
             "minimal",
             "--component",
-            "rust-src,rustfmt,clippy",
+            &COMPONENTS.join(","),
         ]))
-        .context("installing the pinned toolchain (manual fix: `rustup toolchain install 1.95.0 --component rust-src`)");
+        .context("installing the pinned toolchain (manual fix: `rustup toolchain install 1.95.0 --component rust-src,rustfmt,clippy`)");
     };
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        eprintln!("xtask: rust-src for {TOOLCHAIN}: present");
-        return Ok(());
+    for component in COMPONENTS {
+        if installed.lines().any(|line| line.starts_with(component)) {
+            eprintln!("xtask: {component} for {TOOLCHAIN}: present");
+            continue;
+        }
+        eprintln!("xtask: {component} for {TOOLCHAIN}: missing, installing");
+        run_command(Command::new("rustup").args(["component", "add", component, "--toolchain", TOOLCHAIN]))
+            .with_context(|| format!("adding {component} (manual fix: `rustup component add {component} --toolchain 1.95.0`)"))?;
     }
-    eprintln!("xtask: rust-src for {TOOLCHAIN}: missing, installing");
-    run_command(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        TOOLCHAIN,
-    ]))
-    .context("adding rust-src (manual fix: `rustup component add rust-src --toolchain 1.95.0`)")
+    Ok(())
 }
 
 fn llvm_prefix() -> PathBuf {
