@@ -53,6 +53,9 @@ pub mod vmx {
     pub const INTR_INFO_AC: u32 = 0x8000_0311;
 }
 
+/// Default size of the `EVENTS` ring buffer (4 MiB).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+
 /// Field offset value meaning "this kernel's tracepoint has no such field".
 pub const FIELD_ABSENT: u32 = u32::MAX;
 

@@ -41,10 +41,9 @@ use tracer_common::{
 static TRACER_CONFIG: TracerConfig = TracerConfig::UNSET;
 
 /// Default ring size; the loader may override it.
-const EVENTS_BYTES: u32 = 1 << 22;
 
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(tracer_common::DEFAULT_RING_BYTES, 0);
 
 #[map(name = "RING_DROPS")]
 static RING_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);

@@ -1,8 +1,8 @@
 //! Command-line definitions shared by every subcommand.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::repro::{GuestProgram, TimerMode};
 
@@ -23,6 +23,16 @@ pub enum Command {
         after_help = "Example:\n  tracer live -i 1s --vm 100\n  tracer live -p $(pidof qemu-system-x86_64) -d 30s --json"
     )]
     Live(LiveArgs),
+    /// Record events, losses and verdicts to a JSON Lines file for `report`.
+    #[command(
+        after_help = "Example:\n  tracer record -o hang.jsonl -d 30s\n  tracer record -o public.jsonl -d 30s --redact -p $(pidof kvm)"
+    )]
+    Record(RecordArgs),
+    /// Replay a recording through the classifier and render it.
+    #[command(
+        after_help = "Example:\n  tracer report hang.jsonl\n  tracer report hang.jsonl --format ftrace > for-lkml.txt\n  tracer report hang.jsonl --format perfetto -o hang.pftrace\n\nExit codes: 0 ok, 1 I/O error, 2 bad input (wrong version, not a recording, corrupt line)."
+    )]
+    Report(ReportArgs),
     /// Try to attach every probe, print the probe table, detach.
     #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
     Probes(ProbesArgs),
@@ -65,6 +75,69 @@ pub struct LiveArgs {
     /// Print one JSON object per interval instead of a table.
     #[arg(long = "json")]
     pub json: bool,
+    /// Also record to this file (see `tracer record`).
+    #[arg(long = "record", value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Recording options.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Options of a recording file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OutputArgs {
+    /// Overwrite an existing output file (symlinks are never followed).
+    #[arg(long = "force")]
+    pub force: bool,
+    /// Replace hostname, VM names and command lines with placeholders.
+    #[arg(long = "redact")]
+    pub redact: bool,
+}
+
+/// `tracer record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Common tracing options.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Output file (created with mode 0600).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Recording options.
+    #[command(flatten)]
+    pub options: OutputArgs,
+    /// Progress line interval on stderr.
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    pub interval: Duration,
+}
+
+/// Output of `tracer report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// The live view's table and the verdict history.
+    Table,
+    /// Metadata header, ftrace-style event lines and the verdicts.
+    Ftrace,
+    /// Summary for scripts.
+    Json,
+    /// Perfetto TrackEvent protobuf (needs -o).
+    Perfetto,
+}
+
+/// `tracer report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Recording written by `tracer record`.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long = "format", value_enum, default_value = "table")]
+    pub format: ReportFormat,
+    /// Output file (required for perfetto; stdout otherwise).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Overwrite an existing output file.
+    #[arg(long = "force")]
+    pub force: bool,
 }
 
 /// `tracer probes`.

@@ -6,6 +6,8 @@ pub mod commands;
 pub mod events;
 pub mod kernel;
 pub mod live;
+pub mod recording;
+pub mod report;
 pub mod model;
 pub mod probes;
 pub mod repro;

@@ -31,6 +31,9 @@ pub struct ViewStatus {
     /// Failed inserts into the split-lock window map.
     #[serde(default)]
     pub window_map_full: u64,
+    /// Events traced but not written by the recorder (`--record`).
+    #[serde(default)]
+    pub recorder_not_written: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
 }
@@ -81,6 +84,13 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
             out,
             "in-kernel maps full: {} counter inserts and {} split-lock window inserts failed (counts short)",
             status.counter_map_full, status.window_map_full
+        );
+    }
+    if status.recorder_not_written > 0 {
+        let _ = writeln!(
+            out,
+            "recorder: {} traced events not written (disk too slow or full)",
+            status.recorder_not_written
         );
     }
     let mut table = Table::new();
@@ -198,6 +208,7 @@ mod tests {
             lost_recursion: 0,
             counter_map_full: 0,
             window_map_full: 0,
+            recorder_not_written: 0,
             elapsed_s: 12.0,
         }
     }

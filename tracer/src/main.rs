@@ -1,7 +1,7 @@
 //! `tracer`: parse the command line, run the subcommand, exit with its code.
 
 use clap::Parser as _;
-use tracer::cli::{Cli, Command, LiveArgs, TraceArgs};
+use tracer::cli::{Cli, Command, LiveArgs, OutputArgs, TraceArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -16,6 +16,8 @@ fn main() {
             vm: None,
             all: false,
             json: false,
+            record: None,
+            output: OutputArgs::default(),
         })
     });
     let code = match tracer::commands::run(command) {

@@ -124,7 +124,9 @@ pub const SPLIT_LOCK_WARN: ProbeSpec = ProbeSpec {
 pub enum ProbeStatus {
     /// Attached to `target`.
     Attached {
-        /// The exact symbol or event attached to.
+        /// The exact symbol or event attached to (may differ from the
+        /// requested target, e.g. `split_lock_warn.constprop.0`).
+        #[serde(rename = "attached_to")]
         target: String,
     },
     /// Not attached because the kernel cannot offer it (expected on some hosts).

@@ -105,6 +105,8 @@ pub struct TraceSession {
     pub layout_problems: Vec<LayoutProblem>,
     /// tracefs mount point used.
     pub tracefs: Option<PathBuf>,
+    /// Size of the event ring buffer in bytes.
+    pub ring_bytes: u32,
     /// Undecodable-record counts (kernel drops are read from the map).
     undecodable: LossCounts,
 }
@@ -267,6 +269,9 @@ impl TraceSession {
             mode,
             layout_problems,
             tracefs,
+            ring_bytes: options
+                .ring_bytes
+                .unwrap_or(tracer_common::DEFAULT_RING_BYTES),
             undecodable: LossCounts::default(),
         })
     }

@@ -325,3 +325,81 @@ fn signal_event(tid: u32) -> EventBody {
         result: Some(0),
     }
 }
+
+/// Metadata for a recording of modelled events: every field says so
+/// (`hostname` "modelled-host", tracer command line `simulate`), so a
+/// modelled recording can never pass for a captured one.
+pub fn modelled_metadata(probes: ProbeSet, start_ns: u64) -> crate::recording::Metadata {
+    use crate::{
+        kernel::host::{HostFacts, VcpuThread, VmThreads},
+        model::ProcessInfo,
+        probes::{ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode},
+        recording::{ClockInfo, FORMAT_NAME, FORMAT_VERSION, Metadata, TracerIdentity},
+    };
+    let entries = crate::probes::PROBES
+        .iter()
+        .chain(std::iter::once(&crate::probes::SPLIT_LOCK_WARN))
+        .map(|spec| {
+            let tracepoint = spec.kind == crate::probes::ProbeKind::Tracepoint;
+            ProbeReportEntry {
+                program: spec.program.to_owned(),
+                kind: spec.kind,
+                target: spec.target.to_owned(),
+                role: spec.role.to_owned(),
+                status: if tracepoint || probes == ProbeSet::Full {
+                    ProbeStatus::Attached {
+                        target: spec.target.to_owned(),
+                    }
+                } else {
+                    ProbeStatus::Unavailable {
+                        reason: "modelled: kprobes absent".into(),
+                    }
+                },
+            }
+        })
+        .collect();
+    Metadata {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        tracer: TracerIdentity {
+            version: "modelled".into(),
+            git_commit: "modelled".into(),
+            command_line: vec!["simulate".into()],
+        },
+        host: HostFacts {
+            hostname: Some("modelled-host".into()),
+            kernel_release: Some("6.8.12-4-pve".into()),
+            kernel_version: Some("modelled".into()),
+            cmdline: Some("split_lock_detect=warn".into()),
+            split_lock_mitigate: Some(1),
+            ..HostFacts::default()
+        },
+        probes: ProbeReport { entries },
+        mode: Some(match probes {
+            ProbeSet::Full => TracingMode::Full,
+            ProbeSet::TracepointOnly => TracingMode::TracepointOnly,
+        }),
+        layout_problems: Vec::new(),
+        clock: ClockInfo {
+            name: "CLOCK_MONOTONIC".into(),
+            realtime_offset_ns: 0,
+            start_ns,
+        },
+        vms: vec![VmThreads {
+            pid: 4242,
+            info: ProcessInfo {
+                name: Some("haos".into()),
+                vmid: Some("100".into()),
+                comm: Some("kvm".into()),
+            },
+            cpu_model: Some("host".into()),
+            vcpus: vec![VcpuThread {
+                index: 0,
+                tid: 4250,
+            }],
+        }],
+        pid_filter: None,
+        ring_bytes: tracer_common::DEFAULT_RING_BYTES,
+        redacted: false,
+    }
+}

@@ -9,11 +9,17 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::LiveArgs,
+    cli::{LiveArgs, OutputArgs, RecordArgs, TraceArgs},
     kernel::host::HostRoot,
     live::{self, Style, ViewStatus},
-    model::{KernelCounts, Model, ThreadRow},
-    session::{SessionOptions, TraceSession},
+    model::{KernelCounts, Model, ThreadRow, Verdict},
+    recording::{
+        ClockInfo, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Summary, TracerIdentity,
+        loss_records,
+        redact::Redactor,
+        writer::{self, DEFAULT_QUEUE_RECORDS, RecordingWriter},
+    },
+    session::{LossCounts, SessionOptions, TraceSession},
 };
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
@@ -70,27 +76,80 @@ impl Drop for RawStdin {
     }
 }
 
-/// Runs the live view.
-pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// How each interval is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// Redrawn in place on a terminal.
+    Interactive,
+    /// One plain table per interval (pipes, logs).
+    Plain,
+    /// One JSON object per interval.
+    Json,
+    /// One progress line per interval on stderr (`record`).
+    Progress,
+}
+
+/// What one tracing run does.
+struct TraceLoop<'a> {
+    trace: &'a TraceArgs,
+    interval: Duration,
+    vm: Option<&'a str>,
+    all: bool,
+    view: View,
+    record: Option<(&'a std::path::Path, &'a OutputArgs)>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run_async(args))
+        .context("starting the tokio runtime")
 }
 
-fn keep_row(row: &ThreadRow, args: &LiveArgs, model: &Model) -> bool {
-    if let Some(pid) = args.trace.pid
+/// Runs the live view.
+pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
+    let view = if args.json {
+        View::Json
+    } else if std::io::stdout().is_terminal() {
+        View::Interactive
+    } else {
+        View::Plain
+    };
+    let config = TraceLoop {
+        trace: &args.trace,
+        interval: args.interval,
+        vm: args.vm.as_deref(),
+        all: args.all,
+        view,
+        record: args.record.as_deref().map(|path| (path, &args.output)),
+    };
+    runtime()?.block_on(config.run())
+}
+
+/// Runs `tracer record`.
+pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
+    let config = TraceLoop {
+        trace: &args.trace,
+        interval: args.interval,
+        vm: None,
+        all: true,
+        view: View::Progress,
+        record: Some((&args.output, &args.options)),
+    };
+    runtime()?.block_on(config.run())
+}
+
+fn keep_row(row: &ThreadRow, pid: Option<u32>, vm: Option<&str>, model: &Model) -> bool {
+    if let Some(pid) = pid
         && row.pid != pid
     {
         return false;
     }
-    if let Some(wanted) = &args.vm {
+    if let Some(wanted) = vm {
         let info = model.processes().get(&row.pid);
         let matches = info.is_some_and(|info| {
-            info.name.as_deref() == Some(wanted.as_str())
-                || info.vmid.as_deref() == Some(wanted.as_str())
+            info.name.as_deref() == Some(wanted) || info.vmid.as_deref() == Some(wanted)
         });
         if !matches {
             return false;
@@ -99,104 +158,327 @@ fn keep_row(row: &ThreadRow, args: &LiveArgs, model: &Model) -> bool {
     true
 }
 
-async fn run_async(args: &LiveArgs) -> anyhow::Result<i32> {
-    let options = SessionOptions {
-        pid: args.trace.pid,
-        ring_bytes: args.trace.ring_mib.map(|mib| mib << 20),
-    };
-    let mut session = TraceSession::start(&options)?;
-    let host = HostRoot::live();
-    let mut model = Model::new();
-    model.set_misery_possible(host.misery_possible());
-    let interactive = std::io::stdout().is_terminal() && !args.json;
-    let _raw = if interactive {
-        Some(RawStdin::enable())
-    } else {
-        None
-    };
-    let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
-    if interactive {
-        let quit_tx = quit_tx.clone();
-        std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            while std::io::stdin().read(&mut byte).is_ok_and(|n| n == 1) {
-                if byte[0] == b'q' || byte[0] == b'Q' {
-                    let _ = quit_tx.blocking_send(());
-                    return;
-                }
-            }
-        });
+/// The recorder side of a run.
+struct Recorder {
+    writer: RecordingWriter,
+    redactor: Option<Redactor>,
+    reported_losses: LossCounts,
+    /// Latest row of every thread seen, so the summary keeps threads the
+    /// model has since expired.
+    last_rows: std::collections::BTreeMap<u32, ThreadRow>,
+}
+
+impl Recorder {
+    fn start(
+        file: std::fs::File,
+        path: &std::path::Path,
+        options: &OutputArgs,
+        session: &TraceSession,
+        host: &HostRoot,
+        pid_filter: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let vms = host.vm_threads();
+        let mut metadata = Metadata {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            tracer: TracerIdentity {
+                version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: crate::version::GIT_COMMIT.into(),
+                command_line: std::env::args().collect(),
+            },
+            host: host.facts(),
+            probes: session.probes.clone(),
+            mode: Some(session.mode),
+            layout_problems: session.layout_problems.clone(),
+            clock: ClockInfo::now(),
+            vms,
+            pid_filter,
+            ring_bytes: session.ring_bytes,
+            redacted: false,
+        };
+        let mut redactor = options.redact.then(|| Redactor::new(&metadata.vms));
+        if let Some(redactor) = &mut redactor {
+            redactor.metadata(&mut metadata);
+        }
+        let writer = RecordingWriter::start(file, path, metadata, DEFAULT_QUEUE_RECORDS)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self {
+            writer,
+            redactor,
+            reported_losses: LossCounts::default(),
+            last_rows: std::collections::BTreeMap::new(),
+        })
     }
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let started = Instant::now();
-    let deadline = args.trace.duration.map(|duration| started + duration);
-    let mut ticker = tokio::time::interval(args.interval);
-    ticker.tick().await;
-    let mut events = Vec::with_capacity(4096);
-    let mut events_this_interval = 0u64;
-    let mut last_tick = Instant::now();
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let now = monotonic_now_ns();
-                for pid in model.unnamed_pids() {
-                    model.set_process_info(pid, host.process_info(pid));
-                }
-                model.expire(now, |tid| host.thread_gone(tid));
-                let losses = session.losses()?;
-                let status = ViewStatus {
-                    mode: session.mode.to_string(),
-                    probes_attached: session.probes.attached_count(),
-                    probes_total: session.probes.entries.len(),
-                    events_per_s: events_this_interval as f64 / last_tick.elapsed().as_secs_f64().max(1e-3),
-                    lost_ring: losses.ring_total(),
-                    lost_undecodable: losses.undecodable_total(),
-                    lost_recursion: losses.recursion_total(),
-                    counter_map_full: losses.counter_map_full,
-                    window_map_full: losses.window_map_full,
-                    elapsed_s: started.elapsed().as_secs_f64(),
-                };
-                events_this_interval = 0;
-                last_tick = Instant::now();
-                let kernel_counts = session.thread_counters()?;
-                let rows: Vec<ThreadRow> = model
-                    .rows(now, args.all)
-                    .into_iter()
-                    .filter(|row| keep_row(row, args, &model))
-                    .map(|mut row| {
-                        row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
-                        row
-                    })
-                    .collect();
-                let mut stdout = std::io::stdout().lock();
-                if args.json {
-                    let line = serde_json::json!({ "status": status, "rows": rows });
-                    writeln!(stdout, "{line}")?;
-                } else if interactive {
-                    let screen = live::render(&status, &rows, Style::Color, terminal_width());
-                    writeln!(stdout, "\x1b[H\x1b[2J{screen}(q to quit)")?;
-                } else {
-                    let screen = live::render(&status, &rows, Style::Plain, 200);
-                    writeln!(stdout, "{screen}")?;
-                }
-                stdout.flush()?;
-                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    break;
-                }
+
+    fn remember(&mut self, rows: &[ThreadRow]) {
+        for row in rows {
+            if self.last_rows.len() < crate::model::MAX_THREADS
+                || self.last_rows.contains_key(&row.tid)
+            {
+                self.last_rows.insert(row.tid, row.clone());
             }
-            result = session.wait_events(&mut events, Duration::from_millis(250)) => {
-                result?;
-                events_this_interval += events.len() as u64;
-                for event in events.drain(..) {
-                    model.apply(&event);
-                }
-            }
-            _ = quit_rx.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
         }
     }
-    drop(session);
+
+    fn losses(&mut self, losses: &LossCounts, now: u64) {
+        for record in loss_records(&self.reported_losses, losses, now) {
+            self.writer.lost(record);
+        }
+        self.reported_losses = losses.clone();
+    }
+}
+
+impl TraceLoop<'_> {
+    async fn run(self) -> anyhow::Result<i32> {
+        // Create the output first, so a bad path fails before tracing starts.
+        let output = match self.record {
+            Some((path, options)) => Some(
+                writer::create_output(path, options.force)
+                    .with_context(|| "creating the recording".to_owned())?,
+            ),
+            None => None,
+        };
+        let options = SessionOptions {
+            pid: self.trace.pid,
+            ring_bytes: self.trace.ring_mib.map(|mib| mib << 20),
+        };
+        let session = match TraceSession::start(&options) {
+            Ok(session) => session,
+            Err(error) => {
+                if let (Some(_), Some((path, _))) = (&output, self.record) {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(error);
+            }
+        };
+        let host = HostRoot::live();
+        let recorder = match (output, self.record) {
+            (Some(file), Some((path, options))) => Some(Recorder::start(
+                file,
+                path,
+                options,
+                &session,
+                &host,
+                self.trace.pid,
+            )?),
+            _ => None,
+        };
+        self.trace_loop(session, host, recorder).await
+    }
+
+    async fn trace_loop(
+        &self,
+        mut session: TraceSession,
+        host: HostRoot,
+        mut recorder: Option<Recorder>,
+    ) -> anyhow::Result<i32> {
+        let mut model = Model::new();
+        model.set_misery_possible(host.misery_possible());
+        let interactive = self.view == View::Interactive;
+        let _raw = interactive.then(RawStdin::enable);
+        let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
+        if interactive {
+            let quit_tx = quit_tx.clone();
+            std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                while std::io::stdin().read(&mut byte).is_ok_and(|n| n == 1) {
+                    if byte[0] == b'q' || byte[0] == b'Q' {
+                        let _ = quit_tx.blocking_send(());
+                        return;
+                    }
+                }
+            });
+        }
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let started = Instant::now();
+        let deadline = self.trace.duration.map(|duration| started + duration);
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.tick().await;
+        let mut events = Vec::with_capacity(4096);
+        let mut events_this_interval = 0u64;
+        let mut last_tick = Instant::now();
+        let ended_by;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let now = monotonic_now_ns();
+                    for pid in model.unnamed_pids() {
+                        let mut info = host.process_info(pid);
+                        if let Some(redactor) = recorder.as_mut().and_then(|r| r.redactor.as_mut()) {
+                            redactor.process(&mut info);
+                        }
+                        model.set_process_info(pid, info);
+                    }
+                    model.expire(now, |tid| host.thread_gone(tid));
+                    let losses = session.losses()?;
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.losses(&losses, now);
+                    }
+                    let status = ViewStatus {
+                        mode: session.mode.to_string(),
+                        probes_attached: session.probes.attached_count(),
+                        probes_total: session.probes.entries.len(),
+                        events_per_s: events_this_interval as f64 / last_tick.elapsed().as_secs_f64().max(1e-3),
+                        lost_ring: losses.ring_total(),
+                        lost_undecodable: losses.undecodable_total(),
+                        lost_recursion: losses.recursion_total(),
+                        counter_map_full: losses.counter_map_full,
+                        window_map_full: losses.window_map_full,
+                        recorder_not_written: recorder.as_ref().map_or(0, |r| r.writer.not_written()),
+                        elapsed_s: started.elapsed().as_secs_f64(),
+                    };
+                    events_this_interval = 0;
+                    last_tick = Instant::now();
+                    let kernel_counts = session.thread_counters()?;
+                    let all_rows: Vec<ThreadRow> = model
+                        .rows(now, true)
+                        .into_iter()
+                        .map(|mut row| {
+                            row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
+                            row
+                        })
+                        .collect();
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.remember(&all_rows);
+                    }
+                    let rows: Vec<ThreadRow> = all_rows
+                        .into_iter()
+                        .filter(|row| self.all || !row.is_quiet())
+                        .filter(|row| keep_row(row, self.trace.pid, self.vm, &model))
+                        .collect();
+                    self.show(&status, &rows, recorder.as_ref())?;
+                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        ended_by = EndReason::Duration;
+                        break;
+                    }
+                }
+                result = session.wait_events(&mut events, Duration::from_millis(250)) => {
+                    result?;
+                    events_this_interval += events.len() as u64;
+                    for event in events.drain(..) {
+                        model.apply(&event);
+                        if let Some(recorder) = &recorder {
+                            recorder.writer.event(event);
+                        }
+                    }
+                }
+                _ = quit_rx.recv() => { ended_by = EndReason::Quit; break; }
+                _ = sigterm.recv() => { ended_by = EndReason::Signal; break; }
+                _ = sigint.recv() => { ended_by = EndReason::Signal; break; }
+            }
+        }
+        // What is still in the ring belongs to the recording.
+        session.drain(&mut events);
+        for event in events.drain(..) {
+            model.apply(&event);
+            if let Some(recorder) = &recorder {
+                recorder.writer.event(event);
+            }
+        }
+        let code = match recorder {
+            Some(recorder) => finish_recording(recorder, &session, &host, &mut model, ended_by)?,
+            None => 0,
+        };
+        drop(session);
+        Ok(code)
+    }
+
+    fn show(
+        &self,
+        status: &ViewStatus,
+        rows: &[ThreadRow],
+        recorder: Option<&Recorder>,
+    ) -> anyhow::Result<()> {
+        if self.view == View::Progress {
+            let worst = rows.iter().map(|row| row.verdict).min().unwrap_or(Verdict::Idle);
+            let written = recorder.map_or(0, |r| r.writer.events_written());
+            eprintln!(
+                "recording {:.0} s: {} events written, {} not written, lost: ring {} undecodable {} recursion {} | {} threads, worst verdict {}",
+                status.elapsed_s,
+                written,
+                status.recorder_not_written,
+                status.lost_ring,
+                status.lost_undecodable,
+                status.lost_recursion,
+                rows.len(),
+                worst.label()
+            );
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout().lock();
+        match self.view {
+            View::Json => {
+                let line = serde_json::json!({ "status": status, "rows": rows });
+                writeln!(stdout, "{line}")?;
+            }
+            View::Interactive => {
+                let screen = live::render(status, rows, Style::Color, terminal_width());
+                writeln!(stdout, "\x1b[H\x1b[2J{screen}(q to quit)")?;
+            }
+            View::Plain | View::Progress => {
+                let screen = live::render(status, rows, Style::Plain, 200);
+                writeln!(stdout, "{screen}")?;
+            }
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+}
+
+fn finish_recording(
+    mut recorder: Recorder,
+    session: &TraceSession,
+    host: &HostRoot,
+    model: &mut Model,
+    ended_by: EndReason,
+) -> anyhow::Result<i32> {
+    let now = monotonic_now_ns();
+    let losses = session.losses()?;
+    recorder.losses(&losses, now);
+    let kernel_counts = session.thread_counters()?;
+    let rows: Vec<ThreadRow> = model
+        .rows(now, true)
+        .into_iter()
+        .map(|mut row| {
+            row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
+            row
+        })
+        .collect();
+    recorder.remember(&rows);
+    let threads: Vec<ThreadRow> = std::mem::take(&mut recorder.last_rows)
+        .into_values()
+        .collect();
+    let mut summary = Summary {
+        ts_ns: now,
+        ended_by,
+        events_written: 0,
+        events_not_written: 0,
+        losses,
+        threads,
+        vms: host.vm_threads(),
+    };
+    if let Some(redactor) = recorder.redactor.as_mut() {
+        redactor.summary(&mut summary);
+    }
+    let path = recorder.writer.path().to_owned();
+    let outcome = recorder.writer.finish(summary);
+    eprintln!(
+        "recorded {} events to {} ({} lines); {} traced events not written",
+        outcome.events_written,
+        path.display(),
+        outcome.lines,
+        outcome.queue_dropped + outcome.write_dropped
+    );
+    if let Some(error) = outcome.write_error {
+        eprintln!(
+            "tracer: writing {} failed: {error}; the file is complete up to line {}; {} events were not written",
+            path.display(),
+            outcome.lines,
+            outcome.write_dropped
+        );
+        return Ok(1);
+    }
     Ok(0)
 }

@@ -3,6 +3,7 @@
 
 pub mod live;
 pub mod probes;
+pub mod report;
 pub mod repro;
 
 use crate::cli::Command;
@@ -11,6 +12,8 @@ use crate::cli::Command;
 pub fn run(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Live(args) => live::run(&args),
+        Command::Record(args) => live::record(&args),
+        Command::Report(args) => report::run(&args),
         Command::Probes(args) => probes::run(&args),
         Command::Repro(args) => repro::run(&args),
     }

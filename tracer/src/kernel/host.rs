@@ -1,9 +1,63 @@
 //! Host facts read from /proc and /sys, always relative to a root directory
 //! so a captured snapshot (`doctor --root`) reads the same way as the host.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
+use serde::{Deserialize, Serialize};
+
+use super::cpuinfo::CpuInfo;
 use crate::model::ProcessInfo;
+
+/// The host facts a recording's metadata (and `doctor`) start from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// `/proc/sys/kernel/hostname`.
+    pub hostname: Option<String>,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel_release: Option<String>,
+    /// `/proc/sys/kernel/version` (build number and date).
+    pub kernel_version: Option<String>,
+    /// `/proc/cmdline`.
+    pub cmdline: Option<String>,
+    /// `kernel.split_lock_mitigate`, absent before 6.2 (and its 6.1 backport).
+    pub split_lock_mitigate: Option<u32>,
+    /// First processor of `/proc/cpuinfo`.
+    pub cpu: Option<CpuInfo>,
+    /// Why `cpu` is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_error: Option<String>,
+    /// `/sys/module/{kvm,kvm_intel,kvm_amd}/parameters/*`, module -> name -> value.
+    pub kvm_parameters: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One VMM process and its vCPU threads (`CPU N/KVM`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmThreads {
+    /// Process id.
+    pub pid: u32,
+    /// Identity from the command line.
+    pub info: ProcessInfo,
+    /// QEMU `-cpu` model, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    /// vCPU threads, by index.
+    pub vcpus: Vec<VcpuThread>,
+}
+
+/// One vCPU thread of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuThread {
+    /// vCPU index (`N` of `CPU N/KVM`).
+    pub index: u32,
+    /// Thread id.
+    pub tid: u32,
+}
+
+/// The kvm modules whose parameters matter here.
+pub const KVM_MODULES: [&str; 3] = ["kvm", "kvm_intel", "kvm_amd"];
 
 /// A view of a host's files under `root` (`/` for the live host).
 #[derive(Clone, Debug)]
@@ -59,30 +113,135 @@ impl HostRoot {
     /// interruptible sleep: `Some(false)` when the sysctl says 0 or the
     /// kernel predates the misery mode (5.19), `None` when unknown.
     pub fn misery_possible(&self) -> Option<bool> {
-        if let Some(value) = self.split_lock_mitigate() {
-            return Some(value != 0);
-        }
-        let (major, minor) = parse_release(&self.kernel_release()?)?;
-        // 5.19 .. 6.1-early: misery always on, no sysctl; before 5.19: none.
-        Some((major, minor) >= (5, 19))
+        misery_possible(
+            self.split_lock_mitigate(),
+            self.kernel_release().as_deref(),
+        )
     }
 
     /// Identity of a QEMU (or other VMM) process from its command line.
     pub fn process_info(&self, pid: u32) -> ProcessInfo {
         let comm = self.read_trimmed(&format!("/proc/{pid}/comm")).ok();
-        let cmdline = self
-            .read(&format!("/proc/{pid}/cmdline"))
-            .map(|text| text.split('\0').map(str::to_owned).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let cmdline = self.process_cmdline(pid);
         let mut info = qemu_identity(&cmdline);
         info.comm = comm;
         info
+    }
+
+    /// Every fact of [`HostFacts`]; unreadable files leave their field empty.
+    pub fn facts(&self) -> HostFacts {
+        let (cpu, cpu_error) = match self.read("/proc/cpuinfo") {
+            Ok(text) => match CpuInfo::parse(&text) {
+                Ok(cpu) => (Some(cpu), None),
+                Err(error) => (None, Some(format!("/proc/cpuinfo: {error}"))),
+            },
+            Err(error) => (None, Some(format!("/proc/cpuinfo: {error}"))),
+        };
+        HostFacts {
+            hostname: self.read_trimmed("/proc/sys/kernel/hostname").ok(),
+            kernel_release: self.kernel_release(),
+            kernel_version: self.read_trimmed("/proc/sys/kernel/version").ok(),
+            cmdline: self.read_trimmed("/proc/cmdline").ok(),
+            split_lock_mitigate: self.split_lock_mitigate(),
+            cpu,
+            cpu_error,
+            kvm_parameters: KVM_MODULES
+                .iter()
+                .filter_map(|module| {
+                    let parameters = self.module_parameters(module);
+                    (!parameters.is_empty()).then(|| ((*module).to_owned(), parameters))
+                })
+                .collect(),
+        }
+    }
+
+    /// `/sys/module/MODULE/parameters/*` as name -> value (empty when absent).
+    pub fn module_parameters(&self, module: &str) -> BTreeMap<String, String> {
+        let dir = self.path(&format!("/sys/module/{module}/parameters"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return BTreeMap::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let value = std::fs::read_to_string(entry.path()).ok()?;
+                Some((name, value.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Command line of a process, split at NULs.
+    pub fn process_cmdline(&self, pid: u32) -> Vec<String> {
+        self.read(&format!("/proc/{pid}/cmdline"))
+            .map(|text| {
+                text.split('\0')
+                    .filter(|arg| !arg.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every process with at least one `CPU N/KVM` thread, by pid.
+    pub fn vm_threads(&self) -> Vec<VmThreads> {
+        let Ok(entries) = std::fs::read_dir(self.path("/proc")) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        let mut vms = Vec::new();
+        for pid in pids {
+            let Ok(tasks) = std::fs::read_dir(self.path(&format!("/proc/{pid}/task"))) else {
+                continue;
+            };
+            let mut vcpus = Vec::new();
+            for task in tasks.filter_map(Result::ok) {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+                    continue;
+                };
+                if let Some(index) = crate::model::vcpu_index_from_comm(comm.trim()) {
+                    vcpus.push(VcpuThread { index, tid });
+                }
+            }
+            if vcpus.is_empty() {
+                continue;
+            }
+            vcpus.sort_unstable_by_key(|vcpu| (vcpu.index, vcpu.tid));
+            let args = self.process_cmdline(pid);
+            vms.push(VmThreads {
+                pid,
+                info: self.process_info(pid),
+                cpu_model: qemu_cpu_model(&args),
+                vcpus,
+            });
+        }
+        vms
     }
 
     /// Whether a thread id no longer exists.
     pub fn thread_gone(&self, tid: u32) -> bool {
         !self.path(&format!("/proc/{tid}")).exists()
     }
+}
+
+/// Whether split-lock handling can punish with an interruptible sleep,
+/// from `kernel.split_lock_mitigate` and the kernel release: the sysctl
+/// decides where it exists; otherwise 5.19 and later always punish (the
+/// misery mode, kernel.md §1.1) and older kernels never do.
+pub fn misery_possible(split_lock_mitigate: Option<u32>, release: Option<&str>) -> Option<bool> {
+    if let Some(value) = split_lock_mitigate {
+        return Some(value != 0);
+    }
+    let (major, minor) = parse_release(release?)?;
+    Some((major, minor) >= (5, 19))
 }
 
 /// `(major, minor)` of a release string like `6.8.12-4-pve`.
@@ -117,6 +276,13 @@ pub fn qemu_identity(args: &[String]) -> ProcessInfo {
     info
 }
 
+/// The `-cpu` model of a QEMU command line (`host`, `kvm64`, ...), without its flags.
+pub fn qemu_cpu_model(args: &[String]) -> Option<String> {
+    let position = args.iter().position(|arg| arg == "-cpu")?;
+    let value = args.get(position + 1)?;
+    Some(value.split(',').next().unwrap_or(value).to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +299,10 @@ mod tests {
         assert_eq!(proxmox.vmid.as_deref(), Some("100"));
         assert_eq!(proxmox.name.as_deref(), Some("haos"));
         assert_eq!(proxmox.label().as_deref(), Some("100 (haos)"));
+        assert_eq!(
+            qemu_cpu_model(&args("/usr/bin/kvm -id 100 -cpu kvm64,+sep -m 2048")).as_deref(),
+            Some("kvm64")
+        );
         let libvirt = qemu_identity(&args(
             "qemu-system-x86_64 -name guest=web01,debug-threads=on -S",
         ));

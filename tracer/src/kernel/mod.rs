@@ -1,5 +1,7 @@
-//! Reading the running kernel: symbols and tracefs formats.
+//! Reading the running kernel and host: symbols, tracefs formats, CPU and
+//! /proc facts.
 
+pub mod cpuinfo;
 pub mod host;
 pub mod kallsyms;
 pub mod tracefs;

@@ -238,7 +238,8 @@ struct LivelockState {
     confirmed: bool,
 }
 
-fn vcpu_index_from_comm(comm: &str) -> Option<u32> {
+/// vCPU index of a QEMU vCPU thread name (`CPU 3/KVM` -> 3).
+pub fn vcpu_index_from_comm(comm: &str) -> Option<u32> {
     comm.strip_prefix("CPU ")?
         .strip_suffix("/KVM")?
         .parse()
@@ -521,62 +522,75 @@ impl ThreadState {
     /// (`split_lock_mitigate=0`, or a kernel before 5.19): then no inferred
     /// livelock is reported, since a short #AC-to-EINTR gap proves nothing.
     pub fn classify(&mut self, now_ns: u64, misery_possible: bool) -> (Verdict, bool, Vec<String>) {
+        let (verdict, confirmed) = self.verdict(now_ns, misery_possible);
+        let evidence = self.evidence(verdict, now_ns);
+        (verdict, confirmed, evidence)
+    }
+
+    /// The verdict alone (cheap: no evidence text), at time `now_ns`.
+    pub fn verdict(&mut self, now_ns: u64, misery_possible: bool) -> (Verdict, bool) {
         let quiet = self
             .last_trap_ns
             .is_none_or(|last| now_ns.saturating_sub(last) > QUIET_HOLD_NS);
         if quiet || (!misery_possible && self.livelock.is_some_and(|state| !state.confirmed)) {
             self.livelock = None;
         }
-        if let Some(reason) = &self.kvm_error {
-            return (
-                Verdict::KvmError,
-                true,
-                vec![reason.clone(), kvm_error_hint(reason)],
-            );
+        if self.kvm_error.is_some() {
+            return (Verdict::KvmError, true);
         }
-        if let Some(reason) = &self.killed {
-            return (
-                Verdict::Killed,
-                true,
-                vec![
-                    reason.clone(),
-                    "split_lock_detect=fatal kills the task; boot with split_lock_detect=warn or fix the guest".into(),
-                ],
-            );
+        if self.killed.is_some() {
+            return (Verdict::Killed, true);
         }
         if let Some(state) = self.livelock {
-            return (
-                Verdict::Livelock,
-                state.confirmed,
-                self.livelock_evidence(now_ns, state),
-            );
+            return (Verdict::Livelock, state.confirmed);
         }
-        let traps_in_window = self.traps_in_window(now_ns);
-        if traps_in_window > 0 && !quiet {
-            let mut evidence = if self.totals.traps > 0 {
-                let completed =
-                    self.windows.episodes.sum(now_ns) - self.windows.interrupted.sum(now_ns);
-                vec![format!(
-                    "{traps_in_window} split-lock traps in the last {} s, {completed} completed the punishment",
-                    WINDOW_NS / 1_000_000_000
-                )]
-            } else {
-                vec![format!(
-                    "inferred (no kprobes): {traps_in_window} #AC VM exits in the last {} s, not cut short by signals",
-                    WINDOW_NS / 1_000_000_000
-                )]
-            };
-            if let Some(ip) = self.last_ip {
-                evidence.push(format!("last IP 0x{ip:x}"));
-            }
-            let confirmed = self.totals.traps > 0;
-            return (Verdict::Throttled, confirmed, evidence);
+        if self.traps_in_window(now_ns) > 0 && !quiet {
+            return (Verdict::Throttled, self.totals.traps > 0);
         }
-        let active = now_ns.saturating_sub(self.last_seen_ns) <= WINDOW_NS;
-        if active {
-            (Verdict::Ok, true, Vec::new())
+        if now_ns.saturating_sub(self.last_seen_ns) <= WINDOW_NS {
+            (Verdict::Ok, true)
         } else {
-            (Verdict::Idle, true, Vec::new())
+            (Verdict::Idle, true)
+        }
+    }
+
+    /// The evidence behind `verdict` (as returned by [`Self::verdict`]).
+    fn evidence(&mut self, verdict: Verdict, now_ns: u64) -> Vec<String> {
+        match verdict {
+            Verdict::KvmError => {
+                let reason = self.kvm_error.clone().unwrap_or_default();
+                let hint = kvm_error_hint(&reason);
+                vec![reason, hint]
+            }
+            Verdict::Killed => vec![
+                self.killed.clone().unwrap_or_default(),
+                "split_lock_detect=fatal kills the task; boot with split_lock_detect=warn or fix the guest".into(),
+            ],
+            Verdict::Livelock => match self.livelock {
+                Some(state) => self.livelock_evidence(now_ns, state),
+                None => Vec::new(),
+            },
+            Verdict::Throttled => {
+                let traps_in_window = self.traps_in_window(now_ns);
+                let mut evidence = if self.totals.traps > 0 {
+                    let completed =
+                        self.windows.episodes.sum(now_ns) - self.windows.interrupted.sum(now_ns);
+                    vec![format!(
+                        "{traps_in_window} split-lock traps in the last {} s, {completed} completed the punishment",
+                        WINDOW_NS / 1_000_000_000
+                    )]
+                } else {
+                    vec![format!(
+                        "inferred (no kprobes): {traps_in_window} #AC VM exits in the last {} s, not cut short by signals",
+                        WINDOW_NS / 1_000_000_000
+                    )]
+                };
+                if let Some(ip) = self.last_ip {
+                    evidence.push(format!("last IP 0x{ip:x}"));
+                }
+                evidence
+            }
+            Verdict::Ok | Verdict::Idle => Vec::new(),
         }
     }
 
@@ -738,6 +752,15 @@ impl From<&tracer_common::ThreadCounters> for KernelCounts {
 }
 
 impl ThreadRow {
+    /// A vCPU thread without trouble, traps, signals or EINTR returns in
+    /// the window (shown only with `--all`).
+    pub fn is_quiet(&self) -> bool {
+        matches!(self.verdict, Verdict::Ok | Verdict::Idle)
+            && self.totals.traps == 0
+            && self.eintr_per_s == 0.0
+            && self.signals_per_s == 0.0
+    }
+
     /// `LIVELOCK` or `LIVELOCK?` for inferred verdicts.
     pub fn verdict_label(&self) -> String {
         if self.confirmed {
@@ -859,6 +882,23 @@ impl Model {
         self.processes.retain(|pid, _| live.contains(pid));
     }
 
+    /// A thread's verdict at `now_ns` without evidence (cheap enough to
+    /// ask after every event).
+    pub fn verdict_of(&mut self, tid: u32, now_ns: u64) -> Option<(Verdict, bool)> {
+        let misery_possible = self.misery != Some(false);
+        self.threads
+            .get_mut(&tid)
+            .map(|thread| thread.verdict(now_ns, misery_possible))
+    }
+
+    /// A thread's verdict with its evidence at `now_ns`.
+    pub fn classify_thread(&mut self, tid: u32, now_ns: u64) -> Option<(Verdict, bool, Vec<String>)> {
+        let misery_possible = self.misery != Some(false);
+        self.threads
+            .get_mut(&tid)
+            .map(|thread| thread.classify(now_ns, misery_possible))
+    }
+
     /// A thread's state.
     pub fn thread(&self, tid: u32) -> Option<&ThreadState> {
         self.threads.get(&tid)
@@ -875,17 +915,6 @@ impl Model {
             .filter(|thread| thread.is_vcpu || thread.totals.traps > 0 || thread.killed.is_some())
             .filter_map(|thread| {
                 let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
-                if !include_quiet
-                    && matches!(verdict, Verdict::Ok | Verdict::Idle)
-                    && thread.totals.traps == 0
-                {
-                    // quiet vCPU threads are shown only with --all
-                    if thread.windows.eintr.sum(now_ns) == 0
-                        && thread.windows.signals.sum(now_ns) == 0
-                    {
-                        return None;
-                    }
-                }
                 let episodes = thread.windows.episodes.sum(now_ns);
                 let interrupted = thread.windows.interrupted.sum(now_ns);
                 Some(ThreadRow {
@@ -915,6 +944,8 @@ impl Model {
                     kernel: None,
                 })
             })
+            // quiet vCPU threads are shown only with --all
+            .filter(|row| include_quiet || !row.is_quiet())
             .collect();
         rows.sort_by(|a, b| {
             (a.verdict, a.pid, a.vcpu.unwrap_or(u32::MAX), a.tid).cmp(&(

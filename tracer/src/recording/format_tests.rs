@@ -1,0 +1,230 @@
+//! Writer and reader on modelled streams: round trip, interruption,
+//! corruption, versions and file safety.
+
+use std::{io::Write as _, os::unix::fs::PermissionsExt as _, path::Path};
+
+use super::{
+    EndReason, LostCause, LostRecord, Record, Summary,
+    reader::{ReadError, RecordingReader},
+    writer::{CreateError, RecordingWriter, create_output},
+};
+use crate::{
+    session::LossCounts,
+    simulate::{self, ProbeSet, Scenario},
+};
+
+fn write_modelled(path: &Path, finish: bool) -> Vec<crate::events::Event> {
+    let run = simulate::run(&Scenario::seed_001(250, 1.0, 500));
+    let metadata = simulate::modelled_metadata(ProbeSet::Full, run.events[0].ts_ns);
+    let writer = RecordingWriter::create(path, false, metadata, 1 << 16).unwrap();
+    for event in &run.events {
+        writer.event(event.clone());
+    }
+    writer.lost(LostRecord {
+        ts_ns: run.events.last().unwrap().ts_ns,
+        cause: LostCause::RingFull,
+        detail: Some("signal_generate".into()),
+        count: 2,
+    });
+    if finish {
+        let outcome = writer.finish(Summary {
+            ts_ns: run.events.last().unwrap().ts_ns + 1,
+            ended_by: EndReason::Duration,
+            events_written: 0,
+            events_not_written: 0,
+            losses: LossCounts::default(),
+            threads: Vec::new(),
+            vms: Vec::new(),
+        });
+        assert_eq!(outcome.events_written, run.events.len() as u64);
+        assert_eq!(outcome.write_error, None);
+    } else {
+        drop(writer);
+    }
+    run.events
+}
+
+fn read_all(path: &Path) -> Result<(Vec<Record>, Vec<String>), ReadError> {
+    let mut reader = RecordingReader::open(path)?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    Ok((records, reader.warnings))
+}
+
+#[test]
+fn round_trip_keeps_every_event_and_the_summary_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    let events = write_modelled(&path, true);
+    let (records, warnings) = read_all(&path).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let read_events: Vec<_> = records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Event(event) => Some(event.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read_events, events);
+    let Some(Record::Summary(summary)) = records.last() else {
+        panic!("last record is not the summary");
+    };
+    assert_eq!(summary.events_written, events.len() as u64);
+    assert!(records.iter().any(|record| matches!(record, Record::Lost(lost) if lost.count == 2)));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn dropped_writer_still_leaves_complete_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    let events = write_modelled(&path, false);
+    let (records, warnings) = read_all(&path).unwrap();
+    assert_eq!(records.len(), events.len() + 1);
+    assert!(warnings[0].contains("no summary record"), "{warnings:?}");
+}
+
+#[test]
+fn a_cut_last_line_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    let events = write_modelled(&path, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Cut in the middle of the 11th event line (line 12).
+    let cut_at = text.match_indices('\n').nth(11).unwrap().0 - 7;
+    std::fs::write(&path, &text[..cut_at]).unwrap();
+    let (records, warnings) = read_all(&path).unwrap();
+    assert_eq!(records.len(), 10);
+    assert_eq!(records[9], Record::Event(events[9].clone()));
+    assert!(
+        warnings[0].contains(":12: last line is incomplete"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_line_names_its_number_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_modelled(&path, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[4] = "{\"type\":\"event\",\"ts_ns\":\"yesterday\"}";
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let error = read_all(&path).unwrap_err();
+    assert!(error.is_bad_input());
+    let message = error.to_string();
+    assert!(message.contains("rec.jsonl:5: a JSON record with \"type\" event, lost or summary"), "{message}");
+
+    lines[4] = "not json at all";
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    assert!(read_all(&path).unwrap_err().to_string().contains(":5:"));
+}
+
+#[test]
+fn wrong_version_and_foreign_files_are_rejected_on_line_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_modelled(&path, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"version\":1,", "\"version\":99,", 1)).unwrap();
+    let error = read_all(&path).unwrap_err();
+    assert!(matches!(error, ReadError::WrongVersion { found: 99, .. }), "{error}");
+    assert!(error.to_string().contains(":1: recording format version 99, this tracer reads version 1"));
+
+    std::fs::write(&path, "CPU 0/KVM-4250 [001] 1.000000: kvm_exit: ...\n").unwrap();
+    let error = read_all(&path).unwrap_err();
+    assert!(matches!(error, ReadError::NotARecording { .. }), "{error}");
+
+    std::fs::write(&path, "{\"type\":\"meta\",\"format\":\"perf.data\"}\n").unwrap();
+    assert!(matches!(read_all(&path).unwrap_err(), ReadError::NotARecording { .. }));
+
+    std::fs::write(&path, "").unwrap();
+    assert!(matches!(read_all(&path).unwrap_err(), ReadError::Empty { .. }));
+
+    let missing = read_all(&dir.path().join("absent.jsonl")).unwrap_err();
+    assert!(!missing.is_bad_input());
+}
+
+#[test]
+fn lines_after_the_summary_or_a_second_meta_are_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_modelled(&path, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    let mut appended = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    writeln!(appended, "{first}").unwrap();
+    let error = read_all(&path).unwrap_err().to_string();
+    assert!(error.contains("nothing after the summary record"), "{error}");
+}
+
+#[test]
+fn output_files_are_never_clobbered_or_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("existing");
+    std::fs::write(&existing, "precious").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(create_output(&existing, false), Err(CreateError::Exists(_))));
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&existing, &link).unwrap();
+    assert!(matches!(create_output(&link, false), Err(CreateError::Symlink(_))));
+    assert!(matches!(create_output(&link, true), Err(CreateError::Symlink(_))));
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    assert!(matches!(create_output(&dangling, false), Err(CreateError::Symlink(_))));
+    assert!(!dir.path().join("nowhere").exists());
+
+    drop(create_output(&existing, true).unwrap());
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "");
+    let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "--force tightens an overwritten file's mode");
+}
+
+#[test]
+fn a_full_queue_is_counted_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    let run = simulate::run(&Scenario::seed_001(250, 1.0, 2000));
+    let metadata = simulate::modelled_metadata(ProbeSet::Full, 0);
+    // A queue of one record: most events find it full.
+    let writer = RecordingWriter::create(&path, false, metadata, 1).unwrap();
+    for event in &run.events {
+        writer.event(event.clone());
+    }
+    let outcome = writer.finish(Summary {
+        ts_ns: 1,
+        ended_by: EndReason::Signal,
+        events_written: 0,
+        events_not_written: 0,
+        losses: LossCounts::default(),
+        threads: Vec::new(),
+        vms: Vec::new(),
+    });
+    assert!(outcome.queue_dropped > 0, "{outcome:?}");
+    let (records, _) = read_all(&path).unwrap();
+    let written = records
+        .iter()
+        .filter(|record| matches!(record, Record::Event(_)))
+        .count() as u64;
+    let recorded_drops: u64 = records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Lost(lost) if lost.cause == LostCause::RecorderQueueFull => Some(lost.count),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(written, outcome.events_written);
+    assert_eq!(written + recorded_drops, run.events.len() as u64);
+    let Some(Record::Summary(summary)) = records.last() else {
+        panic!("no summary");
+    };
+    assert_eq!(summary.events_not_written, recorded_drops);
+}

@@ -1,0 +1,374 @@
+//! Crash-safe recording writer.
+//!
+//! The tracing loop hands records to a bounded queue and never waits for
+//! the disk; a writer thread turns them into lines and writes whole lines
+//! only, flushing at least every [`FLUSH_INTERVAL`]. If the queue is full the
+//! event is counted and a `lost` record says so. If a write fails (a full
+//! disk), the file is cut back to its last complete line and everything
+//! after is counted as not written, so the file always parses up to its last
+//! complete record, also after SIGKILL.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use super::{LostCause, LostRecord, Metadata, Record, Summary};
+use crate::events::Event;
+
+/// Longest time a written record stays in memory.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Records the queue holds before events are dropped (and counted).
+pub const DEFAULT_QUEUE_RECORDS: usize = 65_536;
+/// Bytes gathered before a write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Why a recording could not be created.
+#[derive(Debug, Error)]
+pub enum CreateError {
+    /// The path exists and `--force` was not given.
+    #[error("{0} exists; pass --force to overwrite it")]
+    Exists(PathBuf),
+    /// The path is a symbolic link (never followed).
+    #[error("{0} is a symbolic link; refusing to follow it")]
+    Symlink(PathBuf),
+    /// Any other I/O error.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The output path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens `path` for a new recording: mode 0600, never through a symlink,
+/// never over an existing file unless `force`.
+pub fn create_output(path: &Path, force: bool) -> Result<File, CreateError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(CreateError::Symlink(path.to_owned()));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let file = options.open(path).map_err(|source| match source.raw_os_error() {
+        Some(libc::EEXIST) => CreateError::Exists(path.to_owned()),
+        Some(libc::ELOOP) => CreateError::Symlink(path.to_owned()),
+        _ => CreateError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    // An overwritten file keeps its old mode: tighten it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| CreateError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(file)
+}
+
+/// What the writer thread did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterOutcome {
+    /// Event lines written.
+    pub events_written: u64,
+    /// Events dropped because the queue was full.
+    pub queue_dropped: u64,
+    /// Records not written because writing failed.
+    pub write_dropped: u64,
+    /// The first write error, if any.
+    pub write_error: Option<String>,
+    /// Complete lines in the file.
+    pub lines: u64,
+}
+
+enum Message {
+    Record(Record),
+    Finish(Box<Summary>),
+}
+
+/// Handle of a running recording.
+pub struct RecordingWriter {
+    queue: SyncSender<Message>,
+    queue_dropped: Arc<AtomicU64>,
+    not_written: Arc<AtomicU64>,
+    events_written: Arc<AtomicU64>,
+    thread: Option<JoinHandle<WriterOutcome>>,
+    path: PathBuf,
+}
+
+struct LineFile {
+    file: File,
+    pending: Vec<u8>,
+    pending_lines: u64,
+    pending_events: u64,
+    committed_bytes: u64,
+    /// Complete lines in the file.
+    lines: u64,
+    /// Event lines in the file.
+    events: u64,
+    /// Event lines lost to a failed write.
+    failed_events: u64,
+    error: Option<String>,
+}
+
+impl LineFile {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            pending: Vec::with_capacity(WRITE_CHUNK * 2),
+            pending_lines: 0,
+            pending_events: 0,
+            committed_bytes: 0,
+            lines: 0,
+            events: 0,
+            failed_events: 0,
+            error: None,
+        }
+    }
+
+    /// Appends one record as a line; returns false once writing has failed.
+    fn push(&mut self, record: &Record) -> bool {
+        let is_event = matches!(record, Record::Event(_));
+        if self.error.is_some() {
+            if is_event {
+                self.failed_events += 1;
+            }
+            return false;
+        }
+        // Serialising our own types cannot fail.
+        serde_json::to_writer(&mut self.pending, record).expect("record serialises");
+        self.pending.push(b'\n');
+        self.pending_lines += 1;
+        self.pending_events += u64::from(is_event);
+        if self.pending.len() >= WRITE_CHUNK {
+            self.flush();
+        }
+        self.error.is_none()
+    }
+
+    /// Writes the gathered lines; on failure cuts the file back to the last
+    /// complete line and counts the gathered events as not written.
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.error.is_some() {
+            return;
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.committed_bytes += self.pending.len() as u64;
+                self.lines += self.pending_lines;
+                self.events += self.pending_events;
+            }
+            Err(error) => {
+                let _ = self.file.set_len(self.committed_bytes);
+                self.failed_events += self.pending_events;
+                self.error = Some(error.to_string());
+            }
+        }
+        self.pending.clear();
+        self.pending_lines = 0;
+        self.pending_events = 0;
+    }
+}
+
+impl RecordingWriter {
+    /// Creates `path` (see [`create_output`]) and starts writing.
+    pub fn create(
+        path: &Path,
+        force: bool,
+        metadata: Metadata,
+        queue_records: usize,
+    ) -> Result<Self, CreateError> {
+        let file = create_output(path, force)?;
+        Self::start(file, path, metadata, queue_records)
+    }
+
+    /// Writes the metadata line to `file` (opened by [`create_output`])
+    /// synchronously, then starts the writer thread.
+    pub fn start(
+        file: File,
+        path: &Path,
+        metadata: Metadata,
+        queue_records: usize,
+    ) -> Result<Self, CreateError> {
+        let mut out = LineFile::new(file);
+        out.push(&Record::Meta(Box::new(metadata)));
+        out.flush();
+        if let Some(error) = out.error.take() {
+            return Err(CreateError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::other(error),
+            });
+        }
+        let (queue, receiver) = mpsc::sync_channel(queue_records.max(1));
+        let queue_dropped = Arc::new(AtomicU64::new(0));
+        let not_written = Arc::new(AtomicU64::new(0));
+        let events_written = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let queue_dropped = Arc::clone(&queue_dropped);
+            let not_written = Arc::clone(&not_written);
+            let events_written = Arc::clone(&events_written);
+            std::thread::Builder::new()
+                .name("recorder".into())
+                .spawn(move || {
+                    writer_loop(
+                        &mut out,
+                        &receiver,
+                        &queue_dropped,
+                        &not_written,
+                        &events_written,
+                    )
+                })
+                .map_err(|source| CreateError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?
+        };
+        Ok(Self {
+            queue,
+            queue_dropped,
+            not_written,
+            events_written,
+            thread: Some(thread),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The output path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues one event; never blocks. A full queue counts a drop.
+    pub fn event(&self, event: Event) {
+        match self.queue.try_send(Message::Record(Record::Event(event))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues a `lost` record (waits for room: these are rare and must not vanish).
+    pub fn lost(&self, record: LostRecord) {
+        let _ = self.queue.send(Message::Record(Record::Lost(record)));
+    }
+
+    /// Events traced but not written so far (queue full or write failure).
+    pub fn not_written(&self) -> u64 {
+        self.queue_dropped.load(Ordering::Relaxed) + self.not_written.load(Ordering::Relaxed)
+    }
+
+    /// Event lines written so far.
+    pub fn events_written(&self) -> u64 {
+        self.events_written.load(Ordering::Relaxed)
+    }
+
+    /// Writes the summary (its `events_written`/`events_not_written` are
+    /// filled in here), flushes, syncs and returns what happened.
+    pub fn finish(mut self, summary: Summary) -> WriterOutcome {
+        // The writer thread fills in the final counts when it reaches it.
+        let _ = self.queue.send(Message::Finish(Box::new(summary)));
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RecordingWriter {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // Dropped without finish(): close the queue and let the thread
+            // flush what it has.
+            let (dead, _) = mpsc::sync_channel(1);
+            drop(std::mem::replace(&mut self.queue, dead));
+            let _ = thread.join();
+        }
+    }
+}
+
+fn writer_loop(
+    out: &mut LineFile,
+    receiver: &mpsc::Receiver<Message>,
+    queue_dropped: &AtomicU64,
+    not_written: &AtomicU64,
+    events_written: &AtomicU64,
+) -> WriterOutcome {
+    let mut reported_queue_drops = 0u64;
+    let mut last_flush = Instant::now();
+    let report_queue_drops = |out: &mut LineFile, reported: &mut u64| {
+        let dropped = queue_dropped.load(Ordering::Relaxed);
+        if dropped > *reported {
+            let record = Record::Lost(LostRecord {
+                ts_ns: super::clock_ns(libc::CLOCK_MONOTONIC),
+                cause: LostCause::RecorderQueueFull,
+                detail: None,
+                count: dropped - *reported,
+            });
+            if out.push(&record) {
+                *reported = dropped;
+            }
+        }
+    };
+    loop {
+        let message = match receiver.recv_timeout(FLUSH_INTERVAL) {
+            Ok(message) => Some(message),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        report_queue_drops(out, &mut reported_queue_drops);
+        match message {
+            Some(Message::Record(record)) => {
+                out.push(&record);
+            }
+            Some(Message::Finish(mut summary)) => {
+                report_queue_drops(out, &mut reported_queue_drops);
+                out.flush();
+                summary.events_written = out.events;
+                summary.events_not_written =
+                    queue_dropped.load(Ordering::Relaxed) + out.failed_events;
+                out.push(&Record::Summary(summary));
+                out.flush();
+                break;
+            }
+            None => {}
+        }
+        if last_flush.elapsed() >= FLUSH_INTERVAL {
+            out.flush();
+            last_flush = Instant::now();
+        }
+        events_written.store(out.events, Ordering::Relaxed);
+        not_written.store(out.failed_events, Ordering::Relaxed);
+    }
+    out.flush();
+    let _ = out.file.sync_all();
+    events_written.store(out.events, Ordering::Relaxed);
+    not_written.store(out.failed_events, Ordering::Relaxed);
+    WriterOutcome {
+        events_written: out.events,
+        queue_dropped: queue_dropped.load(Ordering::Relaxed),
+        write_dropped: out.failed_events,
+        write_error: out.error.clone(),
+        lines: out.lines,
+    }
+}

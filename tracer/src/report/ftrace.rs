@@ -1,0 +1,266 @@
+//! The kernel-developer view: a metadata header and ftrace-style lines,
+//! then the verdicts with their evidence, ready to paste into a mail.
+
+use std::fmt::Write as _;
+
+use tracer_common::vmx;
+
+use super::ReplayResult;
+use crate::{
+    events::{Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name},
+    model::{LIVELOCK_MITIGATIONS, Verdict, format_ts},
+    probes::ProbeStatus,
+    recording::{LostRecord, Metadata},
+};
+
+/// The header block (`# ` lines).
+pub fn header(metadata: &Metadata) -> String {
+    let mut out = String::new();
+    let host = &metadata.host;
+    let or_unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(out, "# split-lock tracer recording, format version {}", metadata.version);
+    let _ = writeln!(
+        out,
+        "# tracer: {} (commit {}) {}",
+        metadata.tracer.version,
+        metadata.tracer.git_commit,
+        metadata.tracer.command_line.join(" ")
+    );
+    let _ = writeln!(out, "# host: {}", or_unknown(&host.hostname));
+    let _ = writeln!(
+        out,
+        "# kernel: {} {}",
+        or_unknown(&host.kernel_release),
+        or_unknown(&host.kernel_version)
+    );
+    let _ = writeln!(out, "# cmdline: {}", or_unknown(&host.cmdline));
+    let _ = writeln!(
+        out,
+        "# kernel.split_lock_mitigate: {}",
+        host.split_lock_mitigate
+            .map_or_else(|| "absent".to_owned(), |value| value.to_string())
+    );
+    match &host.cpu {
+        Some(cpu) => {
+            let _ = writeln!(
+                out,
+                "# cpu: {} {} \"{}\" microcode {} flags:{}{}{}",
+                cpu.vendor,
+                cpu.signature(),
+                cpu.model_name,
+                cpu.microcode
+                    .map_or_else(|| "unknown".to_owned(), |rev| format!("0x{rev:x}")),
+                if cpu.split_lock_detect { " split_lock_detect" } else { "" },
+                if cpu.bus_lock_detect { " bus_lock_detect" } else { "" },
+                if cpu.hypervisor { " hypervisor" } else { "" },
+            );
+        }
+        None => {
+            let _ = writeln!(out, "# cpu: unknown ({})", or_unknown(&host.cpu_error));
+        }
+    }
+    for (module, parameters) in &host.kvm_parameters {
+        let list: Vec<String> = parameters
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let _ = writeln!(out, "# {module}: {}", list.join(" "));
+    }
+    let _ = writeln!(
+        out,
+        "# mode: {}",
+        metadata
+            .mode
+            .map_or_else(|| "none".to_owned(), |mode| mode.to_string())
+    );
+    for entry in &metadata.probes.entries {
+        let status = match &entry.status {
+            ProbeStatus::Attached { target } => format!("attached {target}"),
+            ProbeStatus::Unavailable { reason } => format!("unavailable: {reason}"),
+            ProbeStatus::Failed { reason } => format!("FAILED: {reason}"),
+        };
+        let _ = writeln!(out, "# probe {} {}: {status}", entry.kind, entry.target);
+    }
+    let _ = writeln!(
+        out,
+        "# clock: {} (add {} ns for Unix time), ring buffer {} KiB",
+        metadata.clock.name,
+        metadata.clock.realtime_offset_ns,
+        metadata.ring_bytes / 1024
+    );
+    for vm in &metadata.vms {
+        let vcpus: Vec<String> = vm
+            .vcpus
+            .iter()
+            .map(|vcpu| format!("{}:{}", vcpu.index, vcpu.tid))
+            .collect();
+        let _ = writeln!(
+            out,
+            "# vm pid {} {} cpu {} vcpus {}",
+            vm.pid,
+            vm.info.label().unwrap_or_else(|| "?".into()),
+            vm.cpu_model.as_deref().unwrap_or("?"),
+            vcpus.join(" ")
+        );
+    }
+    out
+}
+
+fn trap_function(source: TrapSource) -> &'static str {
+    match source {
+        TrapSource::Guest => "handle_guest_split_lock",
+        TrapSource::User => "handle_user_split_lock",
+        TrapSource::Warn => "split_lock_warn",
+    }
+}
+
+fn vm_exit_text(exit_reason: u32, intr_info: u32) -> String {
+    if exit_reason & vmx::EXIT_REASON_FAILED_VMENTRY != 0 {
+        format!("0x{exit_reason:x} (VM-entry failure, basic reason {})", exit_reason & 0xffff)
+    } else if exit_reason == vmx::EXIT_REASON_EXCEPTION_NMI
+        && intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC
+    {
+        "EXCEPTION_NMI (#AC alignment check)".to_owned()
+    } else {
+        format!("{exit_reason}")
+    }
+}
+
+/// One event as an ftrace-style line.
+pub fn event_line(event: &Event) -> String {
+    let what = match &event.body {
+        EventBody::SplitLockTrap { source, ip } => format!("{}: ip=0x{ip:x}", trap_function(*source)),
+        EventBody::SplitLockReturn {
+            source,
+            handled,
+            duration_ns,
+        } => format!(
+            "{}: ret={} ({}) duration={}.{:03} ms",
+            trap_function(*source),
+            u8::from(*handled),
+            if *handled { "handled, detection off for the retry" } else { "not handled: SIGBUS" },
+            duration_ns / 1_000_000,
+            (duration_ns % 1_000_000) / 1000
+        ),
+        EventBody::SleepReturn { remaining_ms } => format!(
+            "msleep_interruptible: ret={remaining_ms}{}",
+            if *remaining_ms > 0 { " (interrupted)" } else { "" }
+        ),
+        EventBody::SemaphoreReturn { retval } => format!(
+            "down_interruptible: ret={retval}{}",
+            if *retval != 0 { " (interrupted)" } else { "" }
+        ),
+        EventBody::Signal {
+            sig,
+            errno,
+            code,
+            target_tid,
+            group,
+            result,
+        } => {
+            let mut text = format!(
+                "signal_generate: sig={sig} ({}) errno={errno} code={} pid={target_tid}",
+                signal_name(*sig),
+                signal_code_name(*code)
+            );
+            if let Some(group) = group {
+                let _ = write!(text, " grp={group}");
+            }
+            if let Some(result) = result {
+                let _ = write!(text, " res={result}");
+            }
+            text
+        }
+        EventBody::UserspaceExit { reason, errno } => format!(
+            "kvm_userspace_exit: reason={} errno={errno}",
+            kvm_exit_reason_name(*reason)
+        ),
+        EventBody::VmExit {
+            exit_reason,
+            guest_rip,
+            info1,
+            info2,
+            intr_info,
+            error_code,
+            vcpu_id,
+            ..
+        } => format!(
+            "kvm_exit: vcpu {vcpu_id} reason {} rip 0x{guest_rip:x} info1 0x{info1:x} info2 0x{info2:x} intr_info 0x{intr_info:x} error_code 0x{error_code:x}",
+            vm_exit_text(*exit_reason, *intr_info)
+        ),
+    };
+    format!(
+        "{}-{} [{:03}] {}: {what}",
+        event.comm,
+        event.tid,
+        event.cpu,
+        format_ts(event.ts_ns)
+    )
+}
+
+/// A `lost` record as a comment line.
+pub fn lost_line(lost: &LostRecord) -> String {
+    format!(
+        "# LOST {} {:?}{} at {}",
+        lost.count,
+        lost.cause,
+        lost.detail
+            .as_ref()
+            .map_or_else(String::new, |detail| format!(" ({detail})")),
+        format_ts(lost.ts_ns)
+    )
+}
+
+/// The closing block: losses, verdicts with evidence, mitigations.
+pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
+    let mut out = String::from("#\n");
+    let losses = &result.losses;
+    let _ = writeln!(
+        out,
+        "# lost: ring buffer {}, undecodable {}, recursion {}, counter map full {}, window map full {}, not written by the recorder {}",
+        losses.ring_total(),
+        losses.undecodable_total(),
+        losses.recursion_total(),
+        losses.counter_map_full,
+        losses.window_map_full,
+        result.events_not_written
+    );
+    for warning in warnings {
+        let _ = writeln!(out, "# warning: {warning}");
+    }
+    for row in &result.rows {
+        let _ = writeln!(
+            out,
+            "# verdict tid {} ({}, pid {}, vCPU {}): {}",
+            row.tid,
+            row.comm,
+            row.pid,
+            row.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
+            row.verdict_label()
+        );
+        for line in &row.evidence {
+            let _ = writeln!(out, "#   {line}");
+        }
+    }
+    for change in &result.changes {
+        if matches!(change.to, Verdict::Livelock | Verdict::Killed | Verdict::KvmError) {
+            let _ = writeln!(
+                out,
+                "# tid {} became {}{} at {}",
+                change.tid,
+                change.to.label(),
+                if change.confirmed { "" } else { " (inferred)" },
+                format_ts(change.ts_ns)
+            );
+        }
+    }
+    let livelocked = result.rows.iter().any(|row| row.verdict == Verdict::Livelock)
+        || result.changes.iter().any(|change| change.to == Verdict::Livelock);
+    if livelocked {
+        out.push_str("# mitigations for the livelock (any one):\n");
+        for mitigation in LIVELOCK_MITIGATIONS {
+            let _ = writeln!(out, "#   {mitigation}");
+        }
+    }
+    out
+}

@@ -1,0 +1,355 @@
+//! Replaying a recording through the live model, and its renderings: the
+//! live table, JSON, ftrace-style text and Perfetto.
+
+pub mod ftrace;
+pub mod perfetto;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    events::Event,
+    kernel::host,
+    live::ViewStatus,
+    model::{Model, ThreadRow, Verdict},
+    recording::{LostCause, LostRecord, Metadata, Record, Summary},
+    session::LossCounts,
+};
+
+/// Besides after every event (for the event's thread), a replay classifies
+/// every thread this often (recorded time), so verdicts that change by
+/// silence (LIVELOCK -> IDLE) are found too.
+pub const REPLAY_TICK_NS: u64 = 1_000_000_000;
+
+/// A thread's verdict changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictChange {
+    /// When (CLOCK_MONOTONIC, at a replay tick or the end).
+    pub ts_ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub pid: u32,
+    /// vCPU index.
+    pub vcpu: Option<u32>,
+    /// Previous verdict (`None` = first seen).
+    pub from: Option<Verdict>,
+    /// Whether the previous verdict was confirmed.
+    #[serde(default)]
+    pub from_confirmed: bool,
+    /// New verdict.
+    pub to: Verdict,
+    /// Confirmed by kprobes (false = inferred).
+    pub confirmed: bool,
+    /// First evidence line.
+    pub reason: Option<String>,
+}
+
+/// The model driven by a recording.
+pub struct Replay {
+    /// The recording's metadata.
+    pub metadata: Metadata,
+    model: Model,
+    next_tick: Option<u64>,
+    last_verdict: HashMap<u32, (Verdict, bool)>,
+    /// Every verdict change, in time order.
+    pub changes: Vec<VerdictChange>,
+    /// Lost records summed by cause and detail.
+    pub lost: BTreeMap<(LostCause, Option<String>), u64>,
+    /// The summary record, if the recording has one.
+    pub summary: Option<Summary>,
+    /// Events replayed.
+    pub events: u64,
+    /// First event time.
+    pub first_ts: Option<u64>,
+    /// Last event time.
+    pub last_ts: u64,
+}
+
+/// What a replay ends with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplayResult {
+    /// Header values, as the live view shows them.
+    pub status: ViewStatus,
+    /// Rows at the end of the recording (all threads with activity).
+    pub rows: Vec<ThreadRow>,
+    /// Verdict changes.
+    pub changes: Vec<VerdictChange>,
+    /// Losses (from the summary, else summed from `lost` records).
+    pub losses: LossCounts,
+    /// Events traced but not written by the recorder.
+    pub events_not_written: u64,
+}
+
+impl Replay {
+    /// A replay of a recording with `metadata`.
+    pub fn new(metadata: Metadata) -> Self {
+        let mut model = Model::new();
+        model.set_misery_possible(host::misery_possible(
+            metadata.host.split_lock_mitigate,
+            metadata.host.kernel_release.as_deref(),
+        ));
+        for vm in &metadata.vms {
+            model.set_process_info(vm.pid, vm.info.clone());
+        }
+        Self {
+            metadata,
+            model,
+            next_tick: None,
+            last_verdict: HashMap::new(),
+            changes: Vec::new(),
+            lost: BTreeMap::new(),
+            summary: None,
+            events: 0,
+            first_ts: None,
+            last_ts: 0,
+        }
+    }
+
+    /// Feeds one record.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Event(event) => self.event(event),
+            Record::Lost(lost) => self.lost_record(lost),
+            Record::Summary(summary) => {
+                self.advance_to(summary.ts_ns);
+                for vm in &summary.vms {
+                    if !self.model.processes().contains_key(&vm.pid) {
+                        self.model.set_process_info(vm.pid, vm.info.clone());
+                    }
+                }
+                self.summary = Some((**summary).clone());
+            }
+            Record::Meta(_) => {}
+        }
+    }
+
+    fn lost_record(&mut self, lost: &LostRecord) {
+        *self
+            .lost
+            .entry((lost.cause, lost.detail.clone()))
+            .or_default() += lost.count;
+    }
+
+    fn event(&mut self, event: &Event) {
+        self.advance_to(event.ts_ns);
+        self.first_ts.get_or_insert(event.ts_ns);
+        self.last_ts = self.last_ts.max(event.ts_ns);
+        self.events += 1;
+        self.model.apply(event);
+        let tid = event.subject_tid();
+        if let Some(now) = self.model.verdict_of(tid, event.ts_ns)
+            && self.last_verdict.get(&tid) != Some(&now)
+        {
+            let previous = self.last_verdict.insert(tid, now);
+            let evidence = self
+                .model
+                .classify_thread(tid, event.ts_ns)
+                .map(|(_, _, evidence)| evidence)
+                .unwrap_or_default();
+            let thread = self.model.thread(tid);
+            self.changes.push(VerdictChange {
+                ts_ns: event.ts_ns,
+                tid,
+                pid: thread.map_or(0, |thread| thread.tgid),
+                vcpu: thread.and_then(|thread| thread.vcpu),
+                from: previous.map(|(verdict, _)| verdict),
+                from_confirmed: previous.is_none_or(|(_, confirmed)| confirmed),
+                to: now.0,
+                confirmed: now.1,
+                reason: evidence.into_iter().next(),
+            });
+        }
+    }
+
+    /// Classifies at every tick up to `ts_ns`.
+    fn advance_to(&mut self, ts_ns: u64) {
+        let next = *self.next_tick.get_or_insert(ts_ns + REPLAY_TICK_NS);
+        if ts_ns < next {
+            return;
+        }
+        let mut tick = next;
+        while tick <= ts_ns {
+            self.classify_at(tick);
+            self.model.expire(tick, |_| false);
+            tick += REPLAY_TICK_NS;
+            // Skip a stretch without threads in one step.
+            if self.model.thread_count() == 0 && tick <= ts_ns {
+                tick += (ts_ns - tick) / REPLAY_TICK_NS * REPLAY_TICK_NS;
+            }
+        }
+        self.next_tick = Some(tick);
+    }
+
+    fn classify_at(&mut self, ts_ns: u64) -> Vec<ThreadRow> {
+        let rows = self.model.rows(ts_ns, true);
+        for row in &rows {
+            let now = (row.verdict, row.confirmed);
+            let before = self.last_verdict.insert(row.tid, now);
+            if before != Some(now) {
+                self.changes.push(VerdictChange {
+                    ts_ns,
+                    tid: row.tid,
+                    pid: row.pid,
+                    vcpu: row.vcpu,
+                    from: before.map(|(verdict, _)| verdict),
+                    from_confirmed: before.is_none_or(|(_, confirmed)| confirmed),
+                    to: row.verdict,
+                    confirmed: row.confirmed,
+                    reason: row.evidence.first().cloned(),
+                });
+            }
+        }
+        rows
+    }
+
+    /// End time: the summary's, else the last event's.
+    pub fn end_ns(&self) -> u64 {
+        self.summary
+            .as_ref()
+            .map_or(self.last_ts, |summary| summary.ts_ns.max(self.last_ts))
+    }
+
+    /// Classifies at the end and returns the table's content.
+    pub fn finish(&mut self) -> ReplayResult {
+        let end = self.end_ns();
+        let mut rows = self.classify_at(end);
+        rows.retain(|row| {
+            !(matches!(row.verdict, Verdict::Idle) && row.totals.traps == 0 && row.totals.userspace_exits == 0)
+        });
+        if let Some(summary) = &self.summary {
+            for row in &mut rows {
+                row.kernel = summary
+                    .threads
+                    .iter()
+                    .find(|recorded| recorded.tid == row.tid)
+                    .and_then(|recorded| recorded.kernel.clone());
+            }
+        }
+        let losses = self.summary.as_ref().map_or_else(
+            || {
+                let mut losses = LossCounts::default();
+                for ((cause, detail), count) in &self.lost {
+                    let detail = detail.clone().unwrap_or_default();
+                    match cause {
+                        LostCause::RingFull => *losses.ring_full.entry(detail).or_default() += count,
+                        LostCause::Undecodable => {
+                            *losses.undecodable.entry(detail).or_default() += count;
+                        }
+                        LostCause::RecursionMiss => {
+                            *losses.recursion_misses.entry(detail).or_default() += count;
+                        }
+                        LostCause::CounterMapFull => losses.counter_map_full += count,
+                        LostCause::WindowMapFull => losses.window_map_full += count,
+                        LostCause::RecorderQueueFull | LostCause::RecorderWriteFailed => {}
+                    }
+                }
+                losses
+            },
+            |summary| summary.losses.clone(),
+        );
+        let events_not_written = self.summary.as_ref().map_or_else(
+            || {
+                self.lost
+                    .iter()
+                    .filter(|((cause, _), _)| {
+                        matches!(
+                            cause,
+                            LostCause::RecorderQueueFull | LostCause::RecorderWriteFailed
+                        )
+                    })
+                    .map(|(_, count)| count)
+                    .sum()
+            },
+            |summary| summary.events_not_written,
+        );
+        let elapsed_ns = end.saturating_sub(self.metadata.clock.start_ns);
+        let status = ViewStatus {
+            mode: self
+                .metadata
+                .mode
+                .map_or_else(|| "none".into(), |mode| mode.to_string()),
+            probes_attached: self.metadata.probes.attached_count(),
+            probes_total: self.metadata.probes.entries.len(),
+            events_per_s: if elapsed_ns > 0 {
+                self.events as f64 / (elapsed_ns as f64 / 1e9)
+            } else {
+                0.0
+            },
+            lost_ring: losses.ring_total(),
+            lost_undecodable: losses.undecodable_total(),
+            lost_recursion: losses.recursion_total(),
+            counter_map_full: losses.counter_map_full,
+            window_map_full: losses.window_map_full,
+            recorder_not_written: events_not_written,
+            elapsed_s: elapsed_ns as f64 / 1e9,
+        };
+        ReplayResult {
+            status,
+            rows,
+            changes: self.changes.clone(),
+            losses,
+            events_not_written,
+        }
+    }
+}
+
+/// The `report` table: the live view's screen plus the verdict history.
+pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
+    let interesting: Vec<&VerdictChange> = result
+        .changes
+        .iter()
+        .filter(|change| change.from.is_some() || !matches!(change.to, Verdict::Ok | Verdict::Idle))
+        .collect();
+    if !interesting.is_empty() {
+        out.push_str("verdict changes (seconds from start):\n");
+        for change in interesting {
+            let from = change.from.map_or_else(
+                || "(new)".to_owned(),
+                |verdict| {
+                    if change.from_confirmed {
+                        verdict.label().to_owned()
+                    } else {
+                        format!("{} (inferred)", verdict.label())
+                    }
+                },
+            );
+            let _ = writeln!(
+                out,
+                "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
+                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+                change.tid,
+                change.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
+                from,
+                change.to.label(),
+                if change.confirmed { "" } else { " (inferred)" },
+                change
+                    .reason
+                    .as_ref()
+                    .map_or_else(String::new, |reason| format!(": {reason}"))
+            );
+        }
+    }
+    out
+}
+
+/// The `--format json` document.
+pub fn render_json(metadata: &Metadata, result: &ReplayResult, warnings: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "format_version": metadata.version,
+        "kernel_release": metadata.host.kernel_release,
+        "mode": metadata.mode,
+        "status": result.status,
+        "losses": result.losses,
+        "events_not_written": result.events_not_written,
+        "threads": result.rows,
+        "verdict_changes": result.changes,
+        "warnings": warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests;

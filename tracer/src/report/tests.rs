@@ -1,0 +1,204 @@
+//! Golden renderings of modelled recordings (the model's kernel paths are
+//! in `simulate.rs`), and the Perfetto export decoded back.
+
+use std::path::Path;
+
+use perfetto_protos::{trace::Trace, track_event::track_event::Type};
+use protobuf::Message as _;
+
+use super::{Replay, ReplayResult, ftrace, perfetto::PerfettoBuilder, render_json, render_table};
+use crate::{
+    events::EventBody,
+    model::Verdict,
+    recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
+    session::LossCounts,
+    simulate::{self, ProbeSet, Scenario},
+};
+
+/// A livelocked vCPU (1 ms timer) and a throttled one (50 ms) on a HZ=250
+/// host, recorded through the real writer.
+fn write_recording(path: &Path, duration_ms: u64, probes: ProbeSet) {
+    let mut stuck = Scenario::seed_001(250, 1.0, duration_ms);
+    stuck.probes = probes;
+    let mut slow = Scenario::seed_001(250, 50.0, duration_ms);
+    slow.tid = 4251;
+    slow.probes = probes;
+    let mut events: Vec<_> = [stuck, slow]
+        .iter()
+        .flat_map(|scenario| simulate::run(scenario).events)
+        .collect();
+    events.sort_by_key(|event| (event.ts_ns, event.tid));
+    for event in &mut events {
+        if event.tid == 4251 {
+            event.comm = "CPU 1/KVM".into();
+        }
+    }
+    let start = events[0].ts_ns;
+    let metadata = simulate::modelled_metadata(probes, start);
+    let writer = RecordingWriter::create(path, false, metadata, 1 << 20).unwrap();
+    for event in &events {
+        writer.event(event.clone());
+    }
+    writer.finish(Summary {
+        ts_ns: events.last().unwrap().ts_ns,
+        ended_by: EndReason::Duration,
+        events_written: 0,
+        events_not_written: 0,
+        losses: LossCounts::default(),
+        threads: Vec::new(),
+        vms: Vec::new(),
+    });
+}
+
+struct Replayed {
+    metadata: crate::recording::Metadata,
+    records: Vec<Record>,
+    result: ReplayResult,
+    end_ns: u64,
+}
+
+fn replay(path: &Path) -> Replayed {
+    let mut reader = RecordingReader::open(path).unwrap();
+    let mut replay = Replay::new(reader.metadata.clone());
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().unwrap() {
+        replay.apply(&record);
+        records.push(record);
+    }
+    Replayed {
+        metadata: reader.metadata,
+        records,
+        result: replay.finish(),
+        end_ns: replay.end_ns(),
+    }
+}
+
+#[test]
+fn table_report_of_a_modelled_livelock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 3000, ProbeSet::Full);
+    let replayed = replay(&path);
+    let table = render_table(&replayed.result, replayed.metadata.clock.start_ns);
+    insta::assert_snapshot!(table);
+    // Same file, same output.
+    let again = replay(&path);
+    assert_eq!(render_table(&again.result, again.metadata.clock.start_ns), table);
+}
+
+#[test]
+fn json_summary_of_a_modelled_livelock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 3000, ProbeSet::Full);
+    let replayed = replay(&path);
+    let json = render_json(&replayed.metadata, &replayed.result, &[]);
+    let threads = json["threads"].as_array().unwrap();
+    assert_eq!(threads[0]["verdict"], "livelock");
+    assert_eq!(threads[1]["verdict"], "throttled");
+    insta::assert_json_snapshot!(json);
+}
+
+#[test]
+fn ftrace_report_of_a_modelled_livelock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 40, ProbeSet::Full);
+    let replayed = replay(&path);
+    let mut text = ftrace::header(&replayed.metadata);
+    for record in &replayed.records {
+        if let Record::Event(event) = record {
+            text.push_str(&ftrace::event_line(event));
+            text.push('\n');
+        }
+    }
+    text.push_str(&ftrace::footer(&replayed.result, &[]));
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn tracepoint_only_recording_reports_an_inferred_livelock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 1000, ProbeSet::TracepointOnly);
+    let replayed = replay(&path);
+    let stuck = replayed
+        .result
+        .rows
+        .iter()
+        .find(|row| row.tid == 4250)
+        .unwrap();
+    assert_eq!(stuck.verdict, Verdict::Livelock);
+    assert!(!stuck.confirmed);
+    assert!(
+        render_table(&replayed.result, replayed.metadata.clock.start_ns)
+            .contains("LIVELOCK (inferred)")
+    );
+}
+
+#[test]
+fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 1500, ProbeSet::Full);
+    let replayed = replay(&path);
+    let mut builder = PerfettoBuilder::new(&replayed.metadata);
+    let mut traps = 0;
+    let mut signals = 0;
+    for record in &replayed.records {
+        if let Record::Event(event) = record {
+            builder.event(event);
+            match event.body {
+                EventBody::SplitLockTrap { source, .. } if source != crate::events::TrapSource::Warn => traps += 1,
+                EventBody::Signal { .. } => signals += 1,
+                _ => {}
+            }
+        }
+    }
+    let bytes = builder.finish(&replayed.result.changes, replayed.end_ns);
+    let trace = Trace::parse_from_bytes(&bytes).expect("valid Perfetto protobuf");
+    let threads: Vec<_> = trace
+        .packet
+        .iter()
+        .filter(|packet| packet.has_track_descriptor())
+        .filter_map(|packet| packet.track_descriptor().thread.as_ref())
+        .map(|thread| (thread.pid(), thread.tid(), thread.thread_name().to_owned()))
+        .collect();
+    assert_eq!(
+        threads,
+        vec![(4242, 4250, "CPU 0/KVM".into()), (4242, 4251, "CPU 1/KVM".into())]
+    );
+    let events: Vec<_> = trace
+        .packet
+        .iter()
+        .filter(|packet| packet.has_track_event())
+        .map(|packet| (packet.timestamp(), packet.track_event()))
+        .collect();
+    let count = |kind: Type| events.iter().filter(|(_, event)| event.type_() == kind).count();
+    assert_eq!(count(Type::TYPE_SLICE_BEGIN), traps);
+    assert_eq!(count(Type::TYPE_SLICE_END), traps);
+    let signal_instants = events
+        .iter()
+        .filter(|(_, event)| event.name().starts_with("SI_TIMER SIGUSR1"))
+        .count();
+    assert_eq!(signal_instants, signals);
+    assert!(count(Type::TYPE_COUNTER) > 0);
+    assert!(
+        events
+            .iter()
+            .any(|(_, event)| event.name() == "verdict LIVELOCK"),
+        "a verdict instant"
+    );
+    // Counter tracks sum to the traps.
+    let trap_counter_total: i64 = events
+        .iter()
+        .filter(|(_, event)| {
+            event.type_() == Type::TYPE_COUNTER && event.track_uuid() >> 40 == 3
+        })
+        .map(|(_, event)| event.counter_value())
+        .sum();
+    assert_eq!(trap_counter_total, traps as i64);
+    // Every packet carries the monotonic clock and one sequence.
+    assert!(trace.packet.iter().all(|packet| packet.timestamp_clock_id() == 3
+        && packet.trusted_packet_sequence_id() == 1));
+}
