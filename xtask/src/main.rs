@@ -34,6 +34,15 @@ enum Task {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Seconds of fuzzing of the recording parser (0 = none).
+        #[arg(long, default_value_t = 30)]
+        fuzz_seconds: u64,
+    },
+    /// Fuzz the recording parser and replay with cargo-fuzz (libFuzzer).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -42,9 +51,13 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Run { args } => setup::run().and_then(|()| run_tracer(&args)),
-        Task::Test { no_lint } => setup::run()
+        Task::Test {
+            no_lint,
+            fuzz_seconds,
+        } => setup::run()
             .and_then(|()| setup::test_prerequisites())
-            .and_then(|()| test(no_lint)),
+            .and_then(|()| test(no_lint, fuzz_seconds)),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -88,7 +101,57 @@ const HOST_PACKAGES: [&str; 6] = [
     "xtask",
 ];
 
-fn test(no_lint: bool) -> anyhow::Result<()> {
+/// cargo-fuzz release installed by `fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Runs the `recording_reader` fuzz target for `seconds`, starting from the
+/// committed seeds. cargo-fuzz passes nightly-only flags, so the stable
+/// toolchain runs with `RUSTC_BOOTSTRAP=1`, as the eBPF build does.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION));
+    if !installed {
+        run_command(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    let root = setup::workspace_root()?;
+    let corpus = root.join("target/fuzz-corpus/recording_reader");
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    run_command(
+        cargo()
+            .current_dir(root.join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            // No sanitizer: the target is safe Rust, where libFuzzer's
+            // coverage guidance plus panics and debug assertions find the
+            // bugs; ASan would triple the build time for nothing.
+            .args([
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                "--debug-assertions",
+                "recording_reader",
+            ])
+            .arg(&corpus)
+            .arg(root.join("fuzz/seeds"))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-max_len=65536",
+            ]),
+    )?;
+    println!("fuzz: recording_reader ran {seconds} s without a crash");
+    Ok(())
+}
+
+fn test(no_lint: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
         run_command(cargo().arg("clippy").args(HOST_PACKAGES).args([
@@ -106,12 +169,17 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
         .args(HOST_PACKAGES)
         .args(["--", "--test-threads=1"]);
     let (passed, failed) = run_tests_counting(&mut command)?;
+    let fuzz_result = if fuzz_seconds > 0 {
+        fuzz(fuzz_seconds)
+    } else {
+        Ok(())
+    };
     // The closing line CI reads: the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} tests failed");
     }
-    Ok(())
+    fuzz_result
 }
 
 /// Runs `cargo test`, echoing its output, and sums the `test result:` lines.

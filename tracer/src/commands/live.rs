@@ -291,7 +291,8 @@ impl TraceLoop<'_> {
         }
         let mut sigterm =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let started = Instant::now();
         let deadline = self.trace.duration.map(|duration| started + duration);
         let mut ticker = tokio::time::interval(self.interval);
@@ -392,7 +393,11 @@ impl TraceLoop<'_> {
         recorder: Option<&Recorder>,
     ) -> anyhow::Result<()> {
         if self.view == View::Progress {
-            let worst = rows.iter().map(|row| row.verdict).min().unwrap_or(Verdict::Idle);
+            let worst = rows
+                .iter()
+                .map(|row| row.verdict)
+                .min()
+                .unwrap_or(Verdict::Idle);
             let written = recorder.map_or(0, |r| r.writer.events_written());
             eprintln!(
                 "recording {:.0} s: {} events written, {} not written, lost: ring {} undecodable {} recursion {} | {} threads, worst verdict {}",

@@ -11,16 +11,43 @@ use crate::{
         reader::{ReadError, RecordingReader},
         writer,
     },
-    report::{self, Replay, ftrace, perfetto::PerfettoBuilder},
+    report::{self, Replay, ftrace},
 };
+
+#[cfg(feature = "perfetto")]
+type PerfettoBuilder = report::perfetto::PerfettoBuilder;
+
+/// Stand-in when built without the `perfetto` feature: refuses the format.
+#[cfg(not(feature = "perfetto"))]
+struct PerfettoBuilder;
+
+#[cfg(not(feature = "perfetto"))]
+impl PerfettoBuilder {
+    fn new(_: &crate::recording::Metadata) -> Self {
+        Self
+    }
+    fn event(&mut self, _: &crate::events::Event) {}
+    fn lost(&mut self, _: &crate::recording::LostRecord) {}
+    fn finish(self, _: &[report::VerdictChange], _: u64) -> Vec<u8> {
+        Vec::new()
+    }
+}
 
 /// Exit code for bad input.
 pub const EXIT_BAD_INPUT: i32 = 2;
 
 /// Runs the report; bad input exits with [`EXIT_BAD_INPUT`].
 pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
+    if args.format == ReportFormat::Perfetto && cfg!(not(feature = "perfetto")) {
+        eprintln!(
+            "tracer: this build has no Perfetto export (built without the `perfetto` feature)"
+        );
+        return Ok(EXIT_BAD_INPUT);
+    }
     if args.format == ReportFormat::Perfetto && args.output.is_none() {
-        eprintln!("tracer: --format perfetto writes a binary trace: give the output file with -o FILE");
+        eprintln!(
+            "tracer: --format perfetto writes a binary trace: give the output file with -o FILE"
+        );
         return Ok(EXIT_BAD_INPUT);
     }
     match render(args) {
@@ -39,8 +66,8 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
     let mut reader = RecordingReader::open(&args.file)?;
     let mut replay = Replay::new(reader.metadata.clone());
     let mut text = String::new();
-    let mut perfetto = (args.format == ReportFormat::Perfetto)
-        .then(|| PerfettoBuilder::new(&reader.metadata));
+    let mut perfetto =
+        (args.format == ReportFormat::Perfetto).then(|| PerfettoBuilder::new(&reader.metadata));
     if args.format == ReportFormat::Ftrace {
         text.push_str(&ftrace::header(&reader.metadata));
         text.push_str("#\n# TASK-TID [CPU] TIMESTAMP: FUNCTION: DETAILS\n");
@@ -93,26 +120,27 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
             let mut file = writer::create_output(path, args.force)?;
             file.write_all(&bytes)
                 .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {} bytes of Perfetto trace to {}", bytes.len(), path.display());
+            eprintln!(
+                "wrote {} bytes of Perfetto trace to {}",
+                bytes.len(),
+                path.display()
+            );
             return Ok(0);
         }
     }
-    match &args.output {
-        Some(path) => {
-            let mut file = writer::create_output(path, args.force)?;
-            file.write_all(text.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            let written = stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush());
-            match written {
-                // `tracer report ... | head` is fine.
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
-                other => other.context("writing to stdout")?,
-            }
+    if let Some(path) = &args.output {
+        let mut file = writer::create_output(path, args.force)?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        let written = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+        match written {
+            // `tracer report ... | head` is fine.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.context("writing to stdout")?,
         }
     }
     Ok(0)

@@ -93,7 +93,11 @@ impl CpuInfo {
                 "vendor_id" => value.clone_into(&mut info.vendor),
                 "cpu family" => family = Some(number("cpu family", value, line_number)? as u32),
                 "model" => model = Some(number("model", value, line_number)? as u32),
-                "stepping" => info.stepping = number("stepping", value, line_number).ok().map(|v| v as u32),
+                "stepping" => {
+                    info.stepping = number("stepping", value, line_number)
+                        .ok()
+                        .map(|v| v as u32);
+                }
                 "model name" => value.clone_into(&mut info.model_name),
                 "microcode" => info.microcode = Some(number("microcode", value, line_number)?),
                 "flags" => {

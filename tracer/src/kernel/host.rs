@@ -113,10 +113,7 @@ impl HostRoot {
     /// interruptible sleep: `Some(false)` when the sysctl says 0 or the
     /// kernel predates the misery mode (5.19), `None` when unknown.
     pub fn misery_possible(&self) -> Option<bool> {
-        misery_possible(
-            self.split_lock_mitigate(),
-            self.kernel_release().as_deref(),
-        )
+        misery_possible(self.split_lock_mitigate(), self.kernel_release().as_deref())
     }
 
     /// Identity of a QEMU (or other VMM) process from its command line.
@@ -200,7 +197,10 @@ impl HostRoot {
             };
             let mut vcpus = Vec::new();
             for task in tasks.filter_map(Result::ok) {
-                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok())
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u32>().ok())
                 else {
                     continue;
                 };

@@ -621,7 +621,7 @@ impl ThreadState {
                 PUNISHMENT_MIN_NS / 1_000_000
             ));
         }
-        if let Some(period) = self.timer_signals.median_ms() {
+        if let Some(period) = self.timer_signals.typical_ms() {
             let (sig, code) = self.last_signal.unwrap_or((0, SI_TIMER));
             let comparison = if period < PUNISHMENT_MIN_NS as f64 / 1e6 {
                 "faster than the 10 ms punishment"
@@ -683,7 +683,7 @@ pub struct ThreadRow {
     pub interrupted_pct: Option<f64>,
     /// Signals per second (window).
     pub signals_per_s: f64,
-    /// Median SI_TIMER period, ms.
+    /// Typical SI_TIMER period (interquartile mean of the last 32 intervals), ms.
     pub timer_period_ms: Option<f64>,
     /// EINTR returns of KVM_RUN per second.
     pub eintr_per_s: f64,
@@ -892,7 +892,11 @@ impl Model {
     }
 
     /// A thread's verdict with its evidence at `now_ns`.
-    pub fn classify_thread(&mut self, tid: u32, now_ns: u64) -> Option<(Verdict, bool, Vec<String>)> {
+    pub fn classify_thread(
+        &mut self,
+        tid: u32,
+        now_ns: u64,
+    ) -> Option<(Verdict, bool, Vec<String>)> {
         let misery_possible = self.misery != Some(false);
         self.threads
             .get_mut(&tid)
@@ -913,11 +917,11 @@ impl Model {
             .threads
             .values_mut()
             .filter(|thread| thread.is_vcpu || thread.totals.traps > 0 || thread.killed.is_some())
-            .filter_map(|thread| {
+            .map(|thread| {
                 let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
                 let episodes = thread.windows.episodes.sum(now_ns);
                 let interrupted = thread.windows.interrupted.sum(now_ns);
-                Some(ThreadRow {
+                ThreadRow {
                     pid: thread.tgid,
                     vm: processes.get(&thread.tgid).and_then(ProcessInfo::label),
                     vcpu: thread.vcpu,
@@ -932,7 +936,7 @@ impl Model {
                         .timer_signals
                         .last()
                         .filter(|last| now_ns.saturating_sub(*last) <= WINDOW_NS)
-                        .and(thread.timer_signals.median_ms()),
+                        .and(thread.timer_signals.typical_ms()),
                     eintr_per_s: thread.windows.eintr.per_second(now_ns),
                     punished_pct: (thread.windows.punished_ns.sum(now_ns) as f64 * 100.0
                         / WINDOW_NS as f64)
@@ -942,7 +946,7 @@ impl Model {
                     evidence,
                     totals: thread.totals.clone(),
                     kernel: None,
-                })
+                }
             })
             // quiet vCPU threads are shown only with --all
             .filter(|row| include_quiet || !row.is_quiet())

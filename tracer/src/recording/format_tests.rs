@@ -72,7 +72,11 @@ fn round_trip_keeps_every_event_and_the_summary_counts() {
         panic!("last record is not the summary");
     };
     assert_eq!(summary.events_written, events.len() as u64);
-    assert!(records.iter().any(|record| matches!(record, Record::Lost(lost) if lost.count == 2)));
+    assert!(
+        records
+            .iter()
+            .any(|record| matches!(record, Record::Lost(lost) if lost.count == 2))
+    );
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
@@ -117,7 +121,10 @@ fn a_corrupt_line_names_its_number_and_what_was_expected() {
     let error = read_all(&path).unwrap_err();
     assert!(error.is_bad_input());
     let message = error.to_string();
-    assert!(message.contains("rec.jsonl:5: a JSON record with \"type\" event, lost or summary"), "{message}");
+    assert!(
+        message.contains("rec.jsonl:5: a JSON record with \"type\" event, lost or summary"),
+        "{message}"
+    );
 
     lines[4] = "not json at all";
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -132,18 +139,31 @@ fn wrong_version_and_foreign_files_are_rejected_on_line_one() {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("\"version\":1,", "\"version\":99,", 1)).unwrap();
     let error = read_all(&path).unwrap_err();
-    assert!(matches!(error, ReadError::WrongVersion { found: 99, .. }), "{error}");
-    assert!(error.to_string().contains(":1: recording format version 99, this tracer reads version 1"));
+    assert!(
+        matches!(error, ReadError::WrongVersion { found: 99, .. }),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains(":1: recording format version 99, this tracer reads version 1")
+    );
 
     std::fs::write(&path, "CPU 0/KVM-4250 [001] 1.000000: kvm_exit: ...\n").unwrap();
     let error = read_all(&path).unwrap_err();
     assert!(matches!(error, ReadError::NotARecording { .. }), "{error}");
 
     std::fs::write(&path, "{\"type\":\"meta\",\"format\":\"perf.data\"}\n").unwrap();
-    assert!(matches!(read_all(&path).unwrap_err(), ReadError::NotARecording { .. }));
+    assert!(matches!(
+        read_all(&path).unwrap_err(),
+        ReadError::NotARecording { .. }
+    ));
 
     std::fs::write(&path, "").unwrap();
-    assert!(matches!(read_all(&path).unwrap_err(), ReadError::Empty { .. }));
+    assert!(matches!(
+        read_all(&path).unwrap_err(),
+        ReadError::Empty { .. }
+    ));
 
     let missing = read_all(&dir.path().join("absent.jsonl")).unwrap_err();
     assert!(!missing.is_bad_input());
@@ -156,10 +176,16 @@ fn lines_after_the_summary_or_a_second_meta_are_corruption() {
     write_modelled(&path, true);
     let text = std::fs::read_to_string(&path).unwrap();
     let first = text.lines().next().unwrap().to_owned();
-    let mut appended = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let mut appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     writeln!(appended, "{first}").unwrap();
     let error = read_all(&path).unwrap_err().to_string();
-    assert!(error.contains("nothing after the summary record"), "{error}");
+    assert!(
+        error.contains("nothing after the summary record"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -168,18 +194,30 @@ fn output_files_are_never_clobbered_or_followed() {
     let existing = dir.path().join("existing");
     std::fs::write(&existing, "precious").unwrap();
     std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
-    assert!(matches!(create_output(&existing, false), Err(CreateError::Exists(_))));
+    assert!(matches!(
+        create_output(&existing, false),
+        Err(CreateError::Exists(_))
+    ));
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
 
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&existing, &link).unwrap();
-    assert!(matches!(create_output(&link, false), Err(CreateError::Symlink(_))));
-    assert!(matches!(create_output(&link, true), Err(CreateError::Symlink(_))));
+    assert!(matches!(
+        create_output(&link, false),
+        Err(CreateError::Symlink(_))
+    ));
+    assert!(matches!(
+        create_output(&link, true),
+        Err(CreateError::Symlink(_))
+    ));
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
 
     let dangling = dir.path().join("dangling");
     std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-    assert!(matches!(create_output(&dangling, false), Err(CreateError::Symlink(_))));
+    assert!(matches!(
+        create_output(&dangling, false),
+        Err(CreateError::Symlink(_))
+    ));
     assert!(!dir.path().join("nowhere").exists());
 
     drop(create_output(&existing, true).unwrap());

@@ -116,10 +116,11 @@ pub enum LostCause {
     CounterMapFull,
     /// The split-lock window map was full (sleep/semaphore results missed).
     WindowMapFull,
-    /// The recorder's queue was full: events traced but not written.
+    /// The recorder's queue was full: events traced but not written. (A
+    /// failed write ends the file at its last complete line; nothing can be
+    /// recorded after it, so `tracer record` reports that on stderr and in
+    /// its exit status.)
     RecorderQueueFull,
-    /// The file could not be written (e.g. disk full): events not written.
-    RecorderWriteFailed,
 }
 
 /// A `lost` record: `count` more of `cause` since the previous one.
@@ -203,8 +204,20 @@ pub fn loss_records(before: &LossCounts, now: &LossCounts, ts_ns: u64) -> Vec<Lo
         }
     }
     let mut out = Vec::new();
-    keyed(&mut out, LostCause::RingFull, &before.ring_full, &now.ring_full, ts_ns);
-    keyed(&mut out, LostCause::Undecodable, &before.undecodable, &now.undecodable, ts_ns);
+    keyed(
+        &mut out,
+        LostCause::RingFull,
+        &before.ring_full,
+        &now.ring_full,
+        ts_ns,
+    );
+    keyed(
+        &mut out,
+        LostCause::Undecodable,
+        &before.undecodable,
+        &now.undecodable,
+        ts_ns,
+    );
     keyed(
         &mut out,
         LostCause::RecursionMiss,
@@ -213,8 +226,16 @@ pub fn loss_records(before: &LossCounts, now: &LossCounts, ts_ns: u64) -> Vec<Lo
         ts_ns,
     );
     for (cause, old, new) in [
-        (LostCause::CounterMapFull, before.counter_map_full, now.counter_map_full),
-        (LostCause::WindowMapFull, before.window_map_full, now.window_map_full),
+        (
+            LostCause::CounterMapFull,
+            before.counter_map_full,
+            now.counter_map_full,
+        ),
+        (
+            LostCause::WindowMapFull,
+            before.window_map_full,
+            now.window_map_full,
+        ),
     ] {
         if new > old {
             out.push(LostRecord {
@@ -245,7 +266,11 @@ mod tests {
         assert!(records.iter().any(|r| r.cause == LostCause::RingFull
             && r.detail.as_deref() == Some("signal_generate")
             && r.count == 2));
-        assert!(records.iter().any(|r| r.cause == LostCause::WindowMapFull && r.count == 2));
+        assert!(
+            records
+                .iter()
+                .any(|r| r.cause == LostCause::WindowMapFull && r.count == 2)
+        );
         assert!(loss_records(&now, &now, 8).is_empty());
     }
 }

@@ -28,7 +28,9 @@ pub enum ReadError {
         path: PathBuf,
     },
     /// The first line is not this format's metadata.
-    #[error("{path}:1: not a recording: expected a JSON object with \"type\":\"meta\" and \"format\":\"{FORMAT_NAME}\" ({detail})")]
+    #[error(
+        "{path}:1: not a recording: expected a JSON object with \"type\":\"meta\" and \"format\":\"{FORMAT_NAME}\" ({detail})"
+    )]
     NotARecording {
         /// File.
         path: PathBuf,
@@ -36,7 +38,9 @@ pub enum ReadError {
         detail: String,
     },
     /// Another format version.
-    #[error("{path}:1: recording format version {found}, this tracer reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path}:1: recording format version {found}, this tracer reads version {FORMAT_VERSION}"
+    )]
     WrongVersion {
         /// File.
         path: PathBuf,

@@ -69,14 +69,16 @@ pub fn create_output(path: &Path, force: bool) -> Result<File, CreateError> {
     } else {
         options.create_new(true);
     }
-    let file = options.open(path).map_err(|source| match source.raw_os_error() {
-        Some(libc::EEXIST) => CreateError::Exists(path.to_owned()),
-        Some(libc::ELOOP) => CreateError::Symlink(path.to_owned()),
-        _ => CreateError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    })?;
+    let file = options
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::EEXIST) => CreateError::Exists(path.to_owned()),
+            Some(libc::ELOOP) => CreateError::Symlink(path.to_owned()),
+            _ => CreateError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
     // An overwritten file keeps its old mode: tighten it.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|source| CreateError::Io {

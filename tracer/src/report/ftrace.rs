@@ -18,7 +18,11 @@ pub fn header(metadata: &Metadata) -> String {
     let mut out = String::new();
     let host = &metadata.host;
     let or_unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "unknown".into());
-    let _ = writeln!(out, "# split-lock tracer recording, format version {}", metadata.version);
+    let _ = writeln!(
+        out,
+        "# split-lock tracer recording, format version {}",
+        metadata.version
+    );
     let _ = writeln!(
         out,
         "# tracer: {} (commit {}) {}",
@@ -50,8 +54,16 @@ pub fn header(metadata: &Metadata) -> String {
                 cpu.model_name,
                 cpu.microcode
                     .map_or_else(|| "unknown".to_owned(), |rev| format!("0x{rev:x}")),
-                if cpu.split_lock_detect { " split_lock_detect" } else { "" },
-                if cpu.bus_lock_detect { " bus_lock_detect" } else { "" },
+                if cpu.split_lock_detect {
+                    " split_lock_detect"
+                } else {
+                    ""
+                },
+                if cpu.bus_lock_detect {
+                    " bus_lock_detect"
+                } else {
+                    ""
+                },
                 if cpu.hypervisor { " hypervisor" } else { "" },
             );
         }
@@ -116,7 +128,10 @@ fn trap_function(source: TrapSource) -> &'static str {
 
 fn vm_exit_text(exit_reason: u32, intr_info: u32) -> String {
     if exit_reason & vmx::EXIT_REASON_FAILED_VMENTRY != 0 {
-        format!("0x{exit_reason:x} (VM-entry failure, basic reason {})", exit_reason & 0xffff)
+        format!(
+            "0x{exit_reason:x} (VM-entry failure, basic reason {})",
+            exit_reason & 0xffff
+        )
     } else if exit_reason == vmx::EXIT_REASON_EXCEPTION_NMI
         && intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC
     {
@@ -129,7 +144,9 @@ fn vm_exit_text(exit_reason: u32, intr_info: u32) -> String {
 /// One event as an ftrace-style line.
 pub fn event_line(event: &Event) -> String {
     let what = match &event.body {
-        EventBody::SplitLockTrap { source, ip } => format!("{}: ip=0x{ip:x}", trap_function(*source)),
+        EventBody::SplitLockTrap { source, ip } => {
+            format!("{}: ip=0x{ip:x}", trap_function(*source))
+        }
         EventBody::SplitLockReturn {
             source,
             handled,
@@ -138,13 +155,21 @@ pub fn event_line(event: &Event) -> String {
             "{}: ret={} ({}) duration={}.{:03} ms",
             trap_function(*source),
             u8::from(*handled),
-            if *handled { "handled, detection off for the retry" } else { "not handled: SIGBUS" },
+            if *handled {
+                "handled, detection off for the retry"
+            } else {
+                "not handled: SIGBUS"
+            },
             duration_ns / 1_000_000,
             (duration_ns % 1_000_000) / 1000
         ),
         EventBody::SleepReturn { remaining_ms } => format!(
             "msleep_interruptible: ret={remaining_ms}{}",
-            if *remaining_ms > 0 { " (interrupted)" } else { "" }
+            if *remaining_ms > 0 {
+                " (interrupted)"
+            } else {
+                ""
+            }
         ),
         EventBody::SemaphoreReturn { retval } => format!(
             "down_interruptible: ret={retval}{}",
@@ -243,7 +268,10 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
         }
     }
     for change in &result.changes {
-        if matches!(change.to, Verdict::Livelock | Verdict::Killed | Verdict::KvmError) {
+        if matches!(
+            change.to,
+            Verdict::Livelock | Verdict::Killed | Verdict::KvmError
+        ) {
             let _ = writeln!(
                 out,
                 "# tid {} became {}{} at {}",
@@ -254,8 +282,14 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
             );
         }
     }
-    let livelocked = result.rows.iter().any(|row| row.verdict == Verdict::Livelock)
-        || result.changes.iter().any(|change| change.to == Verdict::Livelock);
+    let livelocked = result
+        .rows
+        .iter()
+        .any(|row| row.verdict == Verdict::Livelock)
+        || result
+            .changes
+            .iter()
+            .any(|change| change.to == Verdict::Livelock);
     if livelocked {
         out.push_str("# mitigations for the livelock (any one):\n");
         for mitigation in LIVELOCK_MITIGATIONS {

@@ -2,6 +2,7 @@
 //! live table, JSON, ftrace-style text and Perfetto.
 
 pub mod ftrace;
+#[cfg(feature = "perfetto")]
 pub mod perfetto;
 
 use std::collections::{BTreeMap, HashMap};
@@ -216,7 +217,9 @@ impl Replay {
         let end = self.end_ns();
         let mut rows = self.classify_at(end);
         rows.retain(|row| {
-            !(matches!(row.verdict, Verdict::Idle) && row.totals.traps == 0 && row.totals.userspace_exits == 0)
+            !(matches!(row.verdict, Verdict::Idle)
+                && row.totals.traps == 0
+                && row.totals.userspace_exits == 0)
         });
         if let Some(summary) = &self.summary {
             for row in &mut rows {
@@ -233,7 +236,9 @@ impl Replay {
                 for ((cause, detail), count) in &self.lost {
                     let detail = detail.clone().unwrap_or_default();
                     match cause {
-                        LostCause::RingFull => *losses.ring_full.entry(detail).or_default() += count,
+                        LostCause::RingFull => {
+                            *losses.ring_full.entry(detail).or_default() += count;
+                        }
                         LostCause::Undecodable => {
                             *losses.undecodable.entry(detail).or_default() += count;
                         }
@@ -242,7 +247,7 @@ impl Replay {
                         }
                         LostCause::CounterMapFull => losses.counter_map_full += count,
                         LostCause::WindowMapFull => losses.window_map_full += count,
-                        LostCause::RecorderQueueFull | LostCause::RecorderWriteFailed => {}
+                        LostCause::RecorderQueueFull => {}
                     }
                 }
                 losses
@@ -253,12 +258,7 @@ impl Replay {
             || {
                 self.lost
                     .iter()
-                    .filter(|((cause, _), _)| {
-                        matches!(
-                            cause,
-                            LostCause::RecorderQueueFull | LostCause::RecorderWriteFailed
-                        )
-                    })
+                    .filter(|((cause, _), _)| *cause == LostCause::RecorderQueueFull)
                     .map(|(_, count)| count)
                     .sum()
             },
@@ -322,7 +322,9 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
                 "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
                 change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
                 change.tid,
-                change.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
+                change
+                    .vcpu
+                    .map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
                 from,
                 change.to.label(),
                 if change.confirmed { "" } else { " (inferred)" },
@@ -337,7 +339,11 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
 }
 
 /// The `--format json` document.
-pub fn render_json(metadata: &Metadata, result: &ReplayResult, warnings: &[String]) -> serde_json::Value {
+pub fn render_json(
+    metadata: &Metadata,
+    result: &ReplayResult,
+    warnings: &[String],
+) -> serde_json::Value {
     serde_json::json!({
         "format_version": metadata.version,
         "kernel_release": metadata.host.kernel_release,

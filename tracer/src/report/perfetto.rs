@@ -260,7 +260,13 @@ impl PerfettoBuilder {
             && thread.open_slice
         {
             thread.open_slice = false;
-            self.track_event(ts_ns, thread_track(tid), Type::TYPE_SLICE_END, None, annotations);
+            self.track_event(
+                ts_ns,
+                thread_track(tid),
+                Type::TYPE_SLICE_END,
+                None,
+                annotations,
+            );
         }
     }
 
@@ -290,7 +296,11 @@ impl PerfettoBuilder {
                     return;
                 }
                 self.count(subject, Counter::Traps);
-                self.end_slice(subject, ts, vec![annotation_str("note", "no return seen".into())]);
+                self.end_slice(
+                    subject,
+                    ts,
+                    vec![annotation_str("note", "no return seen".into())],
+                );
                 let name = match source {
                     TrapSource::Guest => "guest split-lock episode",
                     _ => "host split-lock episode",
@@ -307,7 +317,11 @@ impl PerfettoBuilder {
                 }
             }
             EventBody::SplitLockReturn { handled, .. } => {
-                self.end_slice(subject, ts, vec![annotation_uint("handled", u64::from(*handled))]);
+                self.end_slice(
+                    subject,
+                    ts,
+                    vec![annotation_uint("handled", u64::from(*handled))],
+                );
             }
             EventBody::SleepReturn { remaining_ms } => self.track_event(
                 ts,
@@ -400,7 +414,12 @@ impl PerfettoBuilder {
                 if change.confirmed { "" } else { " (inferred)" }
             );
             let reason = change.reason.clone().unwrap_or_default();
-            self.ensure_thread(change.ts_ns, change.pid, change.tid, &format!("tid {}", change.tid));
+            self.ensure_thread(
+                change.ts_ns,
+                change.pid,
+                change.tid,
+                &format!("tid {}", change.tid),
+            );
             self.track_event(
                 change.ts_ns,
                 thread_track(change.tid),
@@ -412,11 +431,13 @@ impl PerfettoBuilder {
         let mut tids: Vec<u32> = self.threads.keys().copied().collect();
         tids.sort_unstable();
         for tid in tids {
-            self.end_slice(tid, end, vec![annotation_str("note", "recording ended".into())]);
+            self.end_slice(
+                tid,
+                end,
+                vec![annotation_str("note", "recording ended".into())],
+            );
             self.roll_buckets(tid, end + BUCKET_NS);
         }
-        self.trace
-            .write_to_bytes()
-            .expect("perfetto trace encodes")
+        self.trace.write_to_bytes().expect("perfetto trace encodes")
     }
 }

@@ -3,10 +3,7 @@
 
 use std::path::Path;
 
-use perfetto_protos::{trace::Trace, track_event::track_event::Type};
-use protobuf::Message as _;
-
-use super::{Replay, ReplayResult, ftrace, perfetto::PerfettoBuilder, render_json, render_table};
+use super::{Replay, ReplayResult, ftrace, render_json, render_table};
 use crate::{
     events::EventBody,
     model::Verdict,
@@ -83,7 +80,10 @@ fn table_report_of_a_modelled_livelock() {
     insta::assert_snapshot!(table);
     // Same file, same output.
     let again = replay(&path);
-    assert_eq!(render_table(&again.result, again.metadata.clock.start_ns), table);
+    assert_eq!(
+        render_table(&again.result, again.metadata.clock.start_ns),
+        table
+    );
 }
 
 #[test]
@@ -136,8 +136,14 @@ fn tracepoint_only_recording_reports_an_inferred_livelock() {
     );
 }
 
+#[cfg(feature = "perfetto")]
 #[test]
 fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
+    use perfetto_protos::{trace::Trace, track_event::track_event::Type};
+    use protobuf::Message as _;
+
+    use super::perfetto::PerfettoBuilder;
+
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rec.jsonl");
     write_recording(&path, 1500, ProbeSet::Full);
@@ -149,7 +155,11 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
         if let Record::Event(event) = record {
             builder.event(event);
             match event.body {
-                EventBody::SplitLockTrap { source, .. } if source != crate::events::TrapSource::Warn => traps += 1,
+                EventBody::SplitLockTrap { source, .. }
+                    if source != crate::events::TrapSource::Warn =>
+                {
+                    traps += 1;
+                }
                 EventBody::Signal { .. } => signals += 1,
                 _ => {}
             }
@@ -166,7 +176,10 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
         .collect();
     assert_eq!(
         threads,
-        vec![(4242, 4250, "CPU 0/KVM".into()), (4242, 4251, "CPU 1/KVM".into())]
+        vec![
+            (4242, 4250, "CPU 0/KVM".into()),
+            (4242, 4251, "CPU 1/KVM".into())
+        ]
     );
     let events: Vec<_> = trace
         .packet
@@ -174,7 +187,12 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
         .filter(|packet| packet.has_track_event())
         .map(|packet| (packet.timestamp(), packet.track_event()))
         .collect();
-    let count = |kind: Type| events.iter().filter(|(_, event)| event.type_() == kind).count();
+    let count = |kind: Type| {
+        events
+            .iter()
+            .filter(|(_, event)| event.type_() == kind)
+            .count()
+    };
     assert_eq!(count(Type::TYPE_SLICE_BEGIN), traps);
     assert_eq!(count(Type::TYPE_SLICE_END), traps);
     let signal_instants = events
@@ -192,13 +210,16 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
     // Counter tracks sum to the traps.
     let trap_counter_total: i64 = events
         .iter()
-        .filter(|(_, event)| {
-            event.type_() == Type::TYPE_COUNTER && event.track_uuid() >> 40 == 3
-        })
+        .filter(|(_, event)| event.type_() == Type::TYPE_COUNTER && event.track_uuid() >> 40 == 3)
         .map(|(_, event)| event.counter_value())
         .sum();
     assert_eq!(trap_counter_total, traps as i64);
     // Every packet carries the monotonic clock and one sequence.
-    assert!(trace.packet.iter().all(|packet| packet.timestamp_clock_id() == 3
-        && packet.trusted_packet_sequence_id() == 1));
+    assert!(
+        trace
+            .packet
+            .iter()
+            .all(|packet| packet.timestamp_clock_id() == 3
+                && packet.trusted_packet_sequence_id() == 1)
+    );
 }

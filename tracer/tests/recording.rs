@@ -1,0 +1,446 @@
+//! `tracer record` and `tracer report` as a user runs them: the real binary
+//! recording real tracepoint events from the KVM reproducer, stopped by
+//! SIGINT, SIGTERM or SIGKILL; a real full filesystem; bad input.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{assert_counted, have_kvm, have_root, skip};
+use tracer::{
+    model::{ThreadRow, Verdict},
+    recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
+    report::Replay,
+    repro::{self, GuestProgram, ReproConfig, ReproReport, TimerMode},
+    session::LossCounts,
+    simulate::{self, ProbeSet, Scenario},
+};
+
+const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
+
+/// Starts `tracer record` and waits until its metadata line is written,
+/// which happens after every probe is attached.
+fn start_recorder(path: &Path) -> Child {
+    let child = Command::new(TRACER)
+        .args(["record", "-o"])
+        .arg(path)
+        .args(["-d", "60s", "-i", "10s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tracer record");
+    let started = Instant::now();
+    while !std::fs::read_to_string(path).is_ok_and(|text| text.contains('\n')) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tracer record did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+fn run_repro(period: Duration, vcpus: u32, mode: TimerMode) -> ReproReport {
+    repro::run(&ReproConfig {
+        period,
+        duration: Duration::from_millis(1500),
+        vcpus,
+        signal: libc::SIGUSR1,
+        guest: GuestProgram::SplitLockLoop,
+        timer_mode: mode,
+    })
+    .expect("reproducer")
+}
+
+struct Replayed {
+    records: Vec<Record>,
+    warnings: Vec<String>,
+    rows: Vec<ThreadRow>,
+    summary: Option<Summary>,
+}
+
+fn replay(path: &Path) -> Replayed {
+    let mut reader = RecordingReader::open(path).expect("recording opens");
+    let mut replay = Replay::new(reader.metadata.clone());
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().expect("recording parses") {
+        replay.apply(&record);
+        records.push(record);
+    }
+    let result = replay.finish();
+    Replayed {
+        records,
+        warnings: reader.warnings,
+        rows: result.rows,
+        summary: replay.summary,
+    }
+}
+
+fn recursion_misses(losses: &LossCounts, program: &str) -> u64 {
+    losses.recursion_misses.get(program).copied().unwrap_or(0)
+}
+
+fn round_trip(period: Duration, vcpus: u32) {
+    let name = format!("record_report_round_trip_{}ms", period.as_millis());
+    if !have_root(&name) || !have_kvm(&name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hang.jsonl");
+    let recorder = start_recorder(&path);
+    let report = run_repro(period, vcpus, TimerMode::Periodic);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&recorder, libc::SIGINT);
+    let output = recorder.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    let replayed = replay(&path);
+    assert!(replayed.warnings.is_empty(), "{:?}", replayed.warnings);
+    let summary = replayed.summary.expect("summary record");
+    assert_eq!(summary.ended_by, EndReason::Signal);
+    assert_eq!(summary.events_not_written, 0);
+    assert_eq!(summary.losses.ring_total(), 0, "{:?}", summary.losses);
+    let event_lines = replayed
+        .records
+        .iter()
+        .filter(|record| matches!(record, Record::Event(_)))
+        .count() as u64;
+    assert_eq!(summary.events_written, event_lines);
+    let signal_misses = recursion_misses(&summary.losses, "signal_generate");
+    let exit_misses = recursion_misses(&summary.losses, "kvm_userspace_exit");
+
+    for vcpu in &report.vcpus {
+        // What the recorder's live model said at the end ...
+        let live = summary
+            .threads
+            .iter()
+            .find(|row| row.tid == vcpu.tid)
+            .unwrap_or_else(|| panic!("vCPU {} missing from the summary", vcpu.tid));
+        // ... and what the replay says: the same model on the same events.
+        let replayed_row = replayed
+            .rows
+            .iter()
+            .find(|row| row.tid == vcpu.tid)
+            .expect("vCPU in the replay");
+        assert_eq!(replayed_row.totals, live.totals);
+        assert_eq!(replayed_row.pid, report.pid);
+        assert_eq!(replayed_row.vcpu, Some(vcpu.index));
+        assert_eq!(live.verdict, Verdict::Ok, "{:?}", live.evidence);
+        // Against the reproducer's own counts.
+        assert_counted(
+            "timer signals",
+            live.totals.timer_signals,
+            vcpu.signals_consumed,
+            signal_misses,
+        );
+        assert_counted(
+            "EINTR exits",
+            live.totals.eintr_exits,
+            vcpu.eintr_returns,
+            exit_misses,
+        );
+        assert_counted(
+            "KVM_RUN returns",
+            live.totals.userspace_exits,
+            vcpu.kvm_runs,
+            exit_misses,
+        );
+        // And the kernel's own counters, recorded in the summary.
+        let kernel = live.kernel.as_ref().expect("kernel counts in the summary");
+        assert_eq!(kernel.timer_signals, live.totals.timer_signals);
+        assert_eq!(kernel.eintr_exits, live.totals.eintr_exits);
+        // The period the recorder measured is the configured one.
+        let measured = live.timer_period_ms.or(replayed_row.timer_period_ms);
+        let configured = period.as_secs_f64() * 1e3;
+        match measured {
+            Some(measured) => assert!(
+                (measured - configured).abs() <= configured * 0.1,
+                "measured period {measured:.3} ms, configured {configured:.3} ms"
+            ),
+            None => panic!("no timer period measured for tid {}", vcpu.tid),
+        }
+    }
+
+    // The CLI renders the same numbers.
+    let json = Command::new(TRACER)
+        .args(["report", "--format", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let document: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    for vcpu in &report.vcpus {
+        let row = document["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["tid"] == vcpu.tid)
+            .expect("vCPU row in report --format json");
+        let live = summary
+            .threads
+            .iter()
+            .find(|row| row.tid == vcpu.tid)
+            .unwrap();
+        assert_eq!(row["totals"]["timer_signals"], live.totals.timer_signals);
+        assert_eq!(row["totals"]["eintr_exits"], live.totals.eintr_exits);
+    }
+}
+
+#[test]
+fn record_report_round_trip_1ms_one_vcpu() {
+    round_trip(Duration::from_millis(1), 1);
+}
+
+#[test]
+fn record_report_round_trip_20ms_two_vcpus() {
+    round_trip(Duration::from_millis(20), 2);
+}
+
+#[test]
+fn sigterm_ends_a_recording_with_its_summary() {
+    if !have_root("sigterm_recording") || !have_kvm("sigterm_recording") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("term.jsonl");
+    let recorder = start_recorder(&path);
+    run_repro(Duration::from_millis(5), 1, TimerMode::PerRun);
+    signal(&recorder, libc::SIGTERM);
+    let output = recorder.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let replayed = replay(&path);
+    assert_eq!(replayed.summary.unwrap().ended_by, EndReason::Signal);
+}
+
+#[test]
+fn sigkill_leaves_a_recording_that_parses_to_its_last_complete_line() {
+    if !have_root("sigkill_recording") || !have_kvm("sigkill_recording") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("killed.jsonl");
+    let mut recorder = start_recorder(&path);
+    let report = run_repro(Duration::from_millis(1), 1, TimerMode::PerRun);
+    // Longer than the writer's flush interval: what was traced is on disk.
+    std::thread::sleep(Duration::from_millis(600));
+    signal(&recorder, libc::SIGKILL);
+    recorder.wait().unwrap();
+    let replayed = replay(&path);
+    assert!(replayed.summary.is_none());
+    assert!(
+        replayed
+            .warnings
+            .iter()
+            .any(|w| w.contains("no summary record")),
+        "{:?}",
+        replayed.warnings
+    );
+    let tid = report.vcpus[0].tid;
+    let row = replayed
+        .rows
+        .iter()
+        .find(|row| row.tid == tid)
+        .expect("vCPU row");
+    assert!(
+        row.totals.eintr_exits * 100 >= report.vcpus[0].eintr_returns * 99,
+        "flushed {} of {} EINTR exits before SIGKILL",
+        row.totals.eintr_exits,
+        report.vcpus[0].eintr_returns
+    );
+    // The CLI agrees: a warning, exit 0.
+    let out = Command::new(TRACER)
+        .arg("report")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no summary record"));
+}
+
+/// A real full filesystem: a 192 KiB tmpfs, mounted on a temporary
+/// directory that is removed after the unmount.
+struct SmallTmpfs {
+    mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn mount() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=192k", "tracer-test"])
+            .arg(dir.path())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed: {status}"));
+        }
+        Ok(Self {
+            mount_point: dir.path().to_owned(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_every_complete_line_and_counts_the_rest() {
+    if !have_root("full_disk") {
+        return;
+    }
+    let fs = match SmallTmpfs::mount() {
+        Ok(fs) => fs,
+        Err(reason) => {
+            skip("full_disk", &reason);
+            return;
+        }
+    };
+    let path = fs.mount_point.join("full.jsonl");
+    let run = simulate::run(&Scenario::seed_001(250, 1.0, 4000));
+    let metadata = simulate::modelled_metadata(ProbeSet::Full, 0);
+    let writer = RecordingWriter::create(&path, false, metadata, 1 << 20).unwrap();
+    for event in &run.events {
+        writer.event(event.clone());
+    }
+    let outcome = writer.finish(Summary {
+        ts_ns: 1,
+        ended_by: EndReason::Duration,
+        events_written: 0,
+        events_not_written: 0,
+        losses: LossCounts::default(),
+        threads: Vec::new(),
+        vms: Vec::new(),
+    });
+    let error = outcome.write_error.clone().expect("the disk filled");
+    assert!(error.contains("No space left"), "{error}");
+    assert_eq!(
+        outcome.events_written + outcome.write_dropped + outcome.queue_dropped,
+        run.events.len() as u64,
+        "{outcome:?}"
+    );
+    let replayed = replay(&path);
+    let lines = replayed
+        .records
+        .iter()
+        .filter(|record| matches!(record, Record::Event(_)))
+        .count() as u64;
+    assert_eq!(lines, outcome.events_written);
+    assert!(replayed.warnings.iter().all(|w| !w.contains("incomplete")));
+}
+
+fn report_exit(args: &[&str], file: &Path) -> (i32, String) {
+    let out = Command::new(TRACER)
+        .arg("report")
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn report_rejects_bad_input_with_exit_code_2_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    let run = simulate::run(&Scenario::seed_001(250, 1.0, 50));
+    let writer = RecordingWriter::create(
+        &good,
+        false,
+        simulate::modelled_metadata(ProbeSet::Full, 0),
+        1 << 16,
+    )
+    .unwrap();
+    for event in &run.events {
+        writer.event(event.clone());
+    }
+    drop(writer);
+    let text = std::fs::read_to_string(&good).unwrap();
+    assert_eq!(report_exit(&[], &good).0, 0);
+
+    let foreign = dir.path().join("foreign.txt");
+    std::fs::write(&foreign, "hello\n").unwrap();
+    let (code, stderr) = report_exit(&[], &foreign);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("foreign.txt:1: not a recording"),
+        "{stderr}"
+    );
+
+    let version = dir.path().join("v2.jsonl");
+    std::fs::write(
+        &version,
+        text.replacen("\"version\":1,", "\"version\":2,", 1),
+    )
+    .unwrap();
+    let (code, stderr) = report_exit(&[], &version);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("format version 2"), "{stderr}");
+
+    let corrupt = dir.path().join("corrupt.jsonl");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[6] = "{\"type\":\"event\"";
+    std::fs::write(&corrupt, lines.join("\n") + "\n").unwrap();
+    let (code, stderr) = report_exit(&[], &corrupt);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("corrupt.jsonl:7:"), "{stderr}");
+
+    let (code, stderr) = report_exit(&["--format", "perfetto"], &good);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("-o FILE"), "{stderr}");
+
+    let (code, _) = report_exit(&[], &dir.path().join("missing.jsonl"));
+    assert_eq!(code, 1);
+
+    // Perfetto to a file that exists is refused without --force.
+    let existing = dir.path().join("out.pftrace");
+    std::fs::write(&existing, "keep").unwrap();
+    let out = existing.to_str().unwrap();
+    let (code, stderr) = report_exit(&["--format", "perfetto", "-o", out], &good);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+    let (code, _) = report_exit(&["--format", "perfetto", "-o", out, "--force"], &good);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn record_refuses_to_clobber_or_follow_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("existing.jsonl");
+    std::fs::write(&existing, "precious").unwrap();
+    let out = Command::new(TRACER)
+        .args(["record", "-d", "1s", "-o"])
+        .arg(&existing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&existing, &link).unwrap();
+    let out = Command::new(TRACER)
+        .args(["record", "-d", "1s", "--force", "-o"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+}
