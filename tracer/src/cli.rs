@@ -33,6 +33,11 @@ pub enum Command {
         after_help = "Example:\n  tracer report hang.jsonl\n  tracer report hang.jsonl --format ftrace > for-lkml.txt\n  tracer report hang.jsonl --format perfetto -o hang.pftrace\n\nExit codes: 0 ok, 1 I/O error, 2 bad input (wrong version, not a recording, corrupt line)."
     )]
     Report(ReportArgs),
+    /// Check the host's split-lock and KVM configuration and the known failure modes.
+    #[command(
+        after_help = "Example:\n  tracer doctor\n  tracer doctor --json\n  tracer doctor --collect /tmp/host-snapshot --redact\n  tracer doctor --root /tmp/host-snapshot\n\nExit codes: 0 nothing failed, 1 a check failed."
+    )]
+    Doctor(DoctorArgs),
     /// Try to attach every probe, print the probe table, detach.
     #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
     Probes(ProbesArgs),
@@ -138,6 +143,24 @@ pub struct ReportArgs {
     /// Overwrite an existing output file.
     #[arg(long = "force")]
     pub force: bool,
+}
+
+/// `tracer doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check a captured snapshot (from `--collect`) instead of this host.
+    #[arg(long = "root", value_name = "DIR", conflicts_with = "collect")]
+    pub root: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Copy exactly the files doctor reads into DIR (for a bug report).
+    #[arg(long = "collect", value_name = "DIR")]
+    pub collect: Option<PathBuf>,
+    /// With --collect: remove the kernel command line's unrelated parameters,
+    /// VM names and QEMU arguments doctor does not read, and kallsyms addresses.
+    #[arg(long = "redact", requires = "collect")]
+    pub redact: bool,
 }
 
 /// `tracer probes`.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod events;
 pub mod kernel;
 pub mod live;

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<i32>`
 //! returning the process exit code.
 
+pub mod doctor;
 pub mod live;
 pub mod probes;
 pub mod report;
@@ -14,6 +15,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Live(args) => live::run(&args),
         Command::Record(args) => live::record(&args),
         Command::Report(args) => report::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Probes(args) => probes::run(&args),
         Command::Repro(args) => repro::run(&args),
     }

@@ -63,6 +63,10 @@ pub const KVM_MODULES: [&str; 3] = ["kvm", "kvm_intel", "kvm_amd"];
 #[derive(Clone, Debug)]
 pub struct HostRoot {
     root: PathBuf,
+    /// Absolute host paths used so far, when tracking (`doctor --collect`):
+    /// `true` when the content was read, `false` when only its existence
+    /// was checked.
+    reads: Option<std::sync::Arc<std::sync::Mutex<BTreeMap<String, bool>>>>,
 }
 
 impl HostRoot {
@@ -73,7 +77,63 @@ impl HostRoot {
 
     /// Files under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            reads: None,
+        }
+    }
+
+    /// Files under `root`, remembering every file read (see [`Self::files_read`]).
+    pub fn tracking(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            reads: Some(std::sync::Arc::default()),
+        }
+    }
+
+    /// Absolute host paths used so far, with `true` where the content was
+    /// read and `false` where only existence was checked (empty unless tracking).
+    pub fn files_read(&self) -> Vec<(String, bool)> {
+        self.reads.as_ref().map_or_else(Vec::new, |reads| {
+            reads
+                .lock()
+                .map(|map| {
+                    map.iter()
+                        .map(|(path, read)| (path.clone(), *read))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    fn note(&self, absolute: &str, content: bool) {
+        if let Some(reads) = &self.reads
+            && let Ok(mut map) = reads.lock()
+        {
+            let entry = map.entry(absolute.to_owned()).or_insert(content);
+            *entry |= content;
+        }
+    }
+
+    /// Whether this is the live host (`/`).
+    pub fn is_live(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// Lists a directory (absolute host path): entry names, sorted.
+    pub fn list(&self, absolute: &str) -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path(absolute))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether an absolute host path exists under the root.
+    pub fn exists(&self, absolute: &str) -> bool {
+        self.note(absolute, false);
+        self.path(absolute).exists()
     }
 
     /// The root directory.
@@ -88,6 +148,7 @@ impl HostRoot {
 
     /// Reads a file as text.
     pub fn read(&self, absolute: &str) -> std::io::Result<String> {
+        self.note(absolute, true);
         std::fs::read_to_string(self.path(absolute))
     }
 
@@ -154,16 +215,15 @@ impl HostRoot {
 
     /// `/sys/module/MODULE/parameters/*` as name -> value (empty when absent).
     pub fn module_parameters(&self, module: &str) -> BTreeMap<String, String> {
-        let dir = self.path(&format!("/sys/module/{module}/parameters"));
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let dir = format!("/sys/module/{module}/parameters");
+        let Ok(names) = self.list(&dir) else {
             return BTreeMap::new();
         };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let value = std::fs::read_to_string(entry.path()).ok()?;
-                Some((name, value.trim().to_owned()))
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let value = self.read_trimmed(&format!("{dir}/{name}")).ok()?;
+                Some((name, value))
             })
             .collect()
     }
