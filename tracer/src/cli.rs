@@ -33,6 +33,11 @@ pub enum Command {
         after_help = "Example:\n  tracer report hang.jsonl\n  tracer report hang.jsonl --format ftrace > for-lkml.txt\n  tracer report hang.jsonl --format perfetto -o hang.pftrace\n\nExit codes: 0 ok, 1 I/O error, 2 bad input (wrong version, not a recording, corrupt line)."
     )]
     Report(ReportArgs),
+    /// Run headless and serve Prometheus metrics (per-vCPU counters, verdicts, tracer health).
+    #[command(
+        after_help = "Example:\n  tracer serve\n  tracer serve --listen 127.0.0.1:9850 -p $(pidof kvm)\n\nEndpoints: /metrics (Prometheus text format), /healthz. Stops on SIGTERM or SIGINT."
+    )]
+    Serve(ServeArgs),
     /// Check the host's split-lock and KVM configuration and the known failure modes.
     #[command(
         after_help = "Example:\n  tracer doctor\n  tracer doctor --json\n  tracer doctor --collect /tmp/host-snapshot --redact\n  tracer doctor --root /tmp/host-snapshot\n\nExit codes: 0 nothing failed, 1 a check failed."
@@ -143,6 +148,20 @@ pub struct ReportArgs {
     /// Overwrite an existing output file.
     #[arg(long = "force")]
     pub force: bool,
+}
+
+/// `tracer serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Common tracing options.
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Address to listen on (loopback unless you ask for another).
+    #[arg(long = "listen", default_value = "127.0.0.1:9850")]
+    pub listen: std::net::SocketAddr,
+    /// How often the metrics are recomputed.
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    pub interval: Duration,
 }
 
 /// `tracer doctor`.

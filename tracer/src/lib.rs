@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod events;
 pub mod kernel;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod probes;
 pub mod recording;

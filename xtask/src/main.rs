@@ -54,9 +54,10 @@ fn main() {
         Task::Test {
             no_lint,
             fuzz_seconds,
-        } => setup::run()
-            .and_then(|()| setup::test_prerequisites())
-            .and_then(|()| test(no_lint, fuzz_seconds)),
+        } => setup::run().and_then(|()| {
+            setup::test_prerequisites();
+            test(no_lint, fuzz_seconds)
+        }),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
     };
     if let Err(error) = result {

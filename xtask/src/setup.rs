@@ -179,32 +179,51 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 /// Tools only the tests need (tmux for the live-view screen test).
-pub fn test_prerequisites() -> anyhow::Result<()> {
-    if Command::new("tmux").arg("-V").output().is_ok() {
-        eprintln!("xtask: tmux: present");
-        return Ok(());
+pub fn test_prerequisites() {
+    // tmux: the live-view screen test; prometheus (with promtool): the
+    // `tracer serve` scrape test. Tests skip with a printed reason where
+    // these cannot be installed.
+    for (package, probe, probe_arg) in [
+        ("tmux", "tmux", "-V"),
+        ("prometheus", "promtool", "--version"),
+    ] {
+        apt_package(package, probe, probe_arg);
+    }
+}
+
+/// Installs a Debian package when its program is missing; failures are
+/// reported, not fatal (the tests that need it print SKIP).
+fn apt_package(package: &str, program: &str, probe_arg: &str) {
+    if Command::new(program).arg(probe_arg).output().is_ok() {
+        eprintln!("xtask: {package}: present");
+        return;
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || Command::new("apt-get").arg("--version").output().is_err() {
         eprintln!(
-            "xtask: tmux missing and cannot be installed here; the tmux screen test will print SKIP"
+            "xtask: {package} missing and cannot be installed here; tests needing it will print SKIP"
         );
-        return Ok(());
+        return;
     }
-    eprintln!("xtask: tmux: missing, installing with apt-get");
-    run_command(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "tmux"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .or_else(|_| {
-        run_command(Command::new("apt-get").arg("update"))?;
+    eprintln!("xtask: {package}: missing, installing with apt-get");
+    let install = || {
         run_command(
             Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "tmux"])
+                .args(["install", "-y", "--no-install-recommends", package])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
-    })
-    .context("installing tmux (manual fix: `apt-get install -y tmux`)")
+    };
+    let result = install().or_else(|_| {
+        run_command(Command::new("apt-get").arg("update"))?;
+        install()
+    });
+    if let Err(error) = result {
+        eprintln!(
+            "xtask: installing {package} failed ({error:#}); tests needing it will print SKIP"
+        );
+    }
+    // The package starts its own service where systemd runs; the test
+    // starts its own instance on other ports.
+    let _ = Command::new("systemctl").args(["stop", package]).output();
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{LiveArgs, OutputArgs, RecordArgs, TraceArgs},
+    cli::{LiveArgs, OutputArgs, RecordArgs, ServeArgs, TraceArgs},
     kernel::host::HostRoot,
     live::{self, Style, ViewStatus},
     model::{KernelCounts, Model, ThreadRow, Verdict},
@@ -87,6 +87,29 @@ enum View {
     Json,
     /// One progress line per interval on stderr (`record`).
     Progress,
+    /// Nothing on stdout; metrics published, verdict changes logged (`serve`).
+    Headless,
+}
+
+/// What `serve` publishes each interval, shared with the HTTP handlers.
+#[derive(Default)]
+struct Published {
+    metrics: String,
+    /// Last verdict per tid, to log changes.
+    verdicts: std::collections::HashMap<u32, Verdict>,
+    ticks: u64,
+}
+
+/// One structured log line on stderr.
+fn log_json(event: &str, fields: serde_json::Value) {
+    let mut line = serde_json::json!({
+        "ts": crate::recording::clock_ns(libc::CLOCK_REALTIME) / 1_000_000,
+        "event": event,
+    });
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+        line.extend(fields);
+    }
+    eprintln!("{line}");
 }
 
 /// What one tracing run does.
@@ -97,6 +120,7 @@ struct TraceLoop<'a> {
     all: bool,
     view: View,
     record: Option<(&'a std::path::Path, &'a OutputArgs)>,
+    publish: Option<std::sync::Arc<std::sync::Mutex<Published>>>,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -123,8 +147,73 @@ pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
         all: args.all,
         view,
         record: args.record.as_deref().map(|path| (path, &args.output)),
+        publish: None,
     };
     runtime()?.block_on(config.run())
+}
+
+/// Runs `tracer serve`.
+pub fn serve(args: &ServeArgs) -> anyhow::Result<i32> {
+    let published = std::sync::Arc::new(std::sync::Mutex::new(Published::default()));
+    let config = TraceLoop {
+        trace: &args.trace,
+        interval: args.interval,
+        vm: None,
+        all: true,
+        view: View::Headless,
+        record: None,
+        publish: Some(std::sync::Arc::clone(&published)),
+    };
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        if !args.listen.ip().is_loopback() {
+            log_json(
+                "warning",
+                serde_json::json!({"message": format!("listening on {}, reachable from other hosts", args.listen)}),
+            );
+        }
+        let metrics_state = std::sync::Arc::clone(&published);
+        let health_state = std::sync::Arc::clone(&published);
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let state = std::sync::Arc::clone(&metrics_state);
+                    async move {
+                        let text = state.lock().map(|p| p.metrics.clone()).unwrap_or_default();
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/healthz",
+                axum::routing::get(move || {
+                    let state = std::sync::Arc::clone(&health_state);
+                    async move {
+                        let ticks = state.lock().map_or(0, |p| p.ticks);
+                        if ticks > 0 {
+                            (axum::http::StatusCode::OK, "ok\n")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                        }
+                    }
+                }),
+            );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        log_json("listening", serde_json::json!({"address": args.listen.to_string()}));
+        let result = config.run().await;
+        server.abort();
+        log_json("stopped", serde_json::json!({"ok": result.is_ok()}));
+        result
+    })
 }
 
 /// Runs `tracer record`.
@@ -136,6 +225,7 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
         all: true,
         view: View::Progress,
         record: Some((&args.output, &args.options)),
+        publish: None,
     };
     runtime()?.block_on(config.run())
 }
@@ -344,6 +434,9 @@ impl TraceLoop<'_> {
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.remember(&all_rows);
                     }
+                    if let Some(published) = &self.publish {
+                        publish(published, &all_rows, &status, &losses, &session, &model);
+                    }
                     let rows: Vec<ThreadRow> = all_rows
                         .into_iter()
                         .filter(|row| self.all || !row.is_quiet())
@@ -392,6 +485,9 @@ impl TraceLoop<'_> {
         rows: &[ThreadRow],
         recorder: Option<&Recorder>,
     ) -> anyhow::Result<()> {
+        if self.view == View::Headless {
+            return Ok(());
+        }
         if self.view == View::Progress {
             let worst = rows
                 .iter()
@@ -422,7 +518,7 @@ impl TraceLoop<'_> {
                 let screen = live::render(status, rows, Style::Color, terminal_width());
                 writeln!(stdout, "\x1b[H\x1b[2J{screen}(q to quit)")?;
             }
-            View::Plain | View::Progress => {
+            View::Plain | View::Progress | View::Headless => {
                 let screen = live::render(status, rows, Style::Plain, 200);
                 writeln!(stdout, "{screen}")?;
             }
@@ -430,6 +526,52 @@ impl TraceLoop<'_> {
         stdout.flush()?;
         Ok(())
     }
+}
+
+fn publish(
+    published: &std::sync::Mutex<Published>,
+    rows: &[ThreadRow],
+    status: &ViewStatus,
+    losses: &LossCounts,
+    session: &TraceSession,
+    model: &Model,
+) {
+    let identity = |pid: u32| {
+        let info = model.processes().get(&pid);
+        (
+            info.and_then(|info| info.name.clone().or_else(|| info.comm.clone()))
+                .unwrap_or_default(),
+            info.and_then(|info| info.vmid.clone()).unwrap_or_default(),
+        )
+    };
+    let text = crate::metrics::encode_metrics(rows, identity, status, losses, &session.probes);
+    let Ok(mut published) = published.lock() else {
+        return;
+    };
+    published.metrics = text;
+    published.ticks += 1;
+    let mut seen = std::collections::HashSet::new();
+    for row in rows {
+        seen.insert(row.tid);
+        let before = published.verdicts.insert(row.tid, row.verdict);
+        let notable = |verdict: Verdict| {
+            matches!(
+                verdict,
+                Verdict::Livelock | Verdict::Killed | Verdict::KvmError | Verdict::Throttled
+            )
+        };
+        if before != Some(row.verdict) && (notable(row.verdict) || before.is_some_and(notable)) {
+            log_json(
+                "verdict",
+                serde_json::json!({
+                    "pid": row.pid, "tid": row.tid, "vcpu": row.vcpu, "vm": row.vm,
+                    "from": before.map(Verdict::label), "to": row.verdict_label(),
+                    "evidence": row.evidence,
+                }),
+            );
+        }
+    }
+    published.verdicts.retain(|tid, _| seen.contains(tid));
 }
 
 fn finish_recording(

@@ -15,6 +15,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Live(args) => live::run(&args),
         Command::Record(args) => live::record(&args),
         Command::Report(args) => report::run(&args),
+        Command::Serve(args) => live::serve(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Probes(args) => probes::run(&args),
         Command::Repro(args) => repro::run(&args),

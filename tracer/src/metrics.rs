@@ -1,0 +1,308 @@
+//! The Prometheus exposition of the model (`tracer serve`): per-vCPU
+//! counters and the current verdict, and the tracer's own health. A fresh
+//! registry is encoded from the current rows each interval, so the series of
+//! threads that left the model disappear (bounded cardinality).
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    live::ViewStatus,
+    model::{ThreadRow, Verdict},
+    probes::ProbeReport,
+    session::LossCounts,
+};
+
+/// Labels of a per-thread series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThreadLabels {
+    /// VM name (or process comm).
+    pub vm: String,
+    /// Proxmox VMID, empty when unknown.
+    pub vmid: String,
+    /// Process id.
+    pub pid: String,
+    /// vCPU index, empty when unknown.
+    pub vcpu: String,
+    /// Thread id.
+    pub tid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    vm: String,
+    vmid: String,
+    pid: String,
+    vcpu: String,
+    tid: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    probe: String,
+    kind: String,
+    target: String,
+}
+
+const VERDICTS: [Verdict; 6] = [
+    Verdict::Livelock,
+    Verdict::Killed,
+    Verdict::KvmError,
+    Verdict::Throttled,
+    Verdict::Ok,
+    Verdict::Idle,
+];
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Livelock => "livelock",
+        Verdict::Killed => "killed",
+        Verdict::KvmError => "kvm_error",
+        Verdict::Throttled => "throttled",
+        Verdict::Ok => "ok",
+        Verdict::Idle => "idle",
+    }
+}
+
+/// Process identity that labels a row: (vm, vmid).
+pub type VmIdentity = (String, String);
+
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<ThreadLabels, Counter> {
+    let family = Family::<ThreadLabels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// Encodes the current state in the Prometheus text format.
+pub fn encode_metrics(
+    rows: &[ThreadRow],
+    identity: impl Fn(u32) -> VmIdentity,
+    status: &ViewStatus,
+    losses: &LossCounts,
+    probes: &ProbeReport,
+) -> String {
+    let mut registry = Registry::with_prefix("split_lock_tracer");
+    let traps = counter_family(
+        &mut registry,
+        "split_lock_traps",
+        "Split-lock traps (guest #AC handled by handle_guest_split_lock, or host task) of the thread",
+    );
+    let sleeps = counter_family(
+        &mut registry,
+        "sleeps_interrupted",
+        "Punishment sleeps (msleep_interruptible) cut short by a signal",
+    );
+    let semaphores = counter_family(
+        &mut registry,
+        "semaphore_waits_interrupted",
+        "Punishment semaphore waits (down_interruptible) cut short by a signal",
+    );
+    let ac_exits = counter_family(
+        &mut registry,
+        "ac_vm_exits",
+        "#AC (alignment check) VM exits of the vCPU",
+    );
+    let timer_signals = counter_family(
+        &mut registry,
+        "timer_signals",
+        "SI_TIMER signals generated for the thread",
+    );
+    let eintr = counter_family(&mut registry, "eintr_exits", "KVM_RUN returns with -EINTR");
+    let errors = counter_family(
+        &mut registry,
+        "kvm_error_exits",
+        "KVM_RUN returns with KVM_EXIT_INTERNAL_ERROR, FAIL_ENTRY or SHUTDOWN",
+    );
+    let period = Family::<ThreadLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "timer_period_seconds",
+        "Typical interval between SI_TIMER signals to the thread",
+        period.clone(),
+    );
+    let verdicts = Family::<VerdictLabels, Gauge>::default();
+    registry.register(
+        "vcpu_verdict",
+        "1 for the thread's current verdict (livelock, killed, kvm_error, throttled, ok, idle), 0 for the others",
+        verdicts.clone(),
+    );
+    for row in rows {
+        let (vm, vmid) = identity(row.pid);
+        let labels = ThreadLabels {
+            vm: vm.clone(),
+            vmid: vmid.clone(),
+            pid: row.pid.to_string(),
+            vcpu: row.vcpu.map(|vcpu| vcpu.to_string()).unwrap_or_default(),
+            tid: row.tid.to_string(),
+        };
+        let totals = &row.totals;
+        traps.get_or_create(&labels).inc_by(totals.traps);
+        sleeps
+            .get_or_create(&labels)
+            .inc_by(totals.sleeps_interrupted);
+        semaphores
+            .get_or_create(&labels)
+            .inc_by(totals.semaphore_interrupted);
+        ac_exits.get_or_create(&labels).inc_by(totals.ac_vm_exits);
+        timer_signals
+            .get_or_create(&labels)
+            .inc_by(totals.timer_signals);
+        eintr.get_or_create(&labels).inc_by(totals.eintr_exits);
+        errors.get_or_create(&labels).inc_by(totals.error_exits);
+        if let Some(ms) = row.timer_period_ms {
+            period.get_or_create(&labels).set(ms / 1e3);
+        }
+        for verdict in VERDICTS {
+            verdicts
+                .get_or_create(&VerdictLabels {
+                    vm: vm.clone(),
+                    vmid: vmid.clone(),
+                    pid: labels.pid.clone(),
+                    vcpu: labels.vcpu.clone(),
+                    tid: labels.tid.clone(),
+                    verdict: verdict_name(verdict).into(),
+                })
+                .set(i64::from(row.verdict == verdict));
+        }
+    }
+    let lost = Family::<CauseLabels, Counter>::default();
+    registry.register(
+        "lost_events",
+        "Events the tracer lost, by cause (ring_full, undecodable, recursion_miss, counter_map_full, window_map_full)",
+        lost.clone(),
+    );
+    for (cause, count) in [
+        ("ring_full", losses.ring_total()),
+        ("undecodable", losses.undecodable_total()),
+        ("recursion_miss", losses.recursion_total()),
+        ("counter_map_full", losses.counter_map_full),
+        ("window_map_full", losses.window_map_full),
+    ] {
+        lost.get_or_create(&CauseLabels {
+            cause: cause.into(),
+        })
+        .inc_by(count);
+    }
+    let events = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    events.set(status.events_per_s);
+    registry.register(
+        "events_per_second",
+        "Events received per second over the last interval",
+        events,
+    );
+    let attached = Family::<ProbeLabels, Gauge>::default();
+    registry.register(
+        "probe_attached",
+        "1 when the probe is attached",
+        attached.clone(),
+    );
+    for entry in &probes.entries {
+        attached
+            .get_or_create(&ProbeLabels {
+                probe: entry.program.clone(),
+                kind: entry.kind.to_string(),
+                target: entry.target.clone(),
+            })
+            .set(i64::from(entry.status.is_attached()));
+    }
+    let full = Gauge::<i64>::default();
+    full.set(i64::from(status.mode == "full"));
+    registry.register(
+        "mode_full",
+        "1 in full mode (kprobes: confirmed verdicts), 0 in tracepoint-only mode",
+        full,
+    );
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("encoding to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::Model,
+        simulate::{self, Scenario},
+    };
+
+    #[test]
+    fn livelocked_vcpu_series() {
+        let mut model = Model::new();
+        for event in simulate::run(&Scenario::seed_001(250, 1.0, 3000)).events {
+            model.apply(&event);
+        }
+        let now = model.latest_ns();
+        let rows = model.rows(now, true);
+        let status = ViewStatus {
+            mode: "full".into(),
+            probes_attached: 10,
+            probes_total: 10,
+            events_per_s: 12.5,
+            lost_ring: 0,
+            lost_undecodable: 0,
+            lost_recursion: 0,
+            counter_map_full: 0,
+            window_map_full: 0,
+            recorder_not_written: 0,
+            elapsed_s: 3.0,
+        };
+        let text = encode_metrics(
+            &rows,
+            |_| ("haos".into(), "100".into()),
+            &status,
+            &LossCounts::default(),
+            &ProbeReport {
+                entries: Vec::new(),
+            },
+        );
+        let labels = r#"vm="haos",vmid="100",pid="4242",vcpu="0",tid="4250""#;
+        let traps = rows[0].totals.traps;
+        assert!(traps > 2000);
+        assert!(
+            text.contains(&format!(
+                "split_lock_tracer_split_lock_traps_total{{{labels}}} {traps}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "split_lock_tracer_vcpu_verdict{{{labels},verdict=\"livelock\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "split_lock_tracer_vcpu_verdict{{{labels},verdict=\"ok\"}} 0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("split_lock_tracer_lost_events_total{cause=\"ring_full\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        // A thread that left the model leaves the exposition.
+        let empty = encode_metrics(
+            &[],
+            |_| (String::new(), String::new()),
+            &status,
+            &LossCounts::default(),
+            &ProbeReport {
+                entries: Vec::new(),
+            },
+        );
+        assert!(!empty.contains("tid=\"4250\""));
+    }
+}
