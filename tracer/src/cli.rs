@@ -43,6 +43,12 @@ pub enum Command {
         after_help = "Example:\n  tracer doctor\n  tracer doctor --json\n  tracer doctor --collect /tmp/host-snapshot --redact\n  tracer doctor --root /tmp/host-snapshot\n\nExit codes: 0 nothing failed, 1 a check failed."
     )]
     Doctor(DoctorArgs),
+    /// Write the man pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Try to attach every probe, print the probe table, detach.
     #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
     Probes(ProbesArgs),

@@ -378,7 +378,7 @@ impl Drop for ThreadTimer {
 
 fn timespec(duration: Duration) -> libc::timespec {
     libc::timespec {
-        tv_sec: duration.as_secs() as libc::time_t,
+        tv_sec: duration.as_secs().try_into().unwrap_or(i64::MAX as _),
         tv_nsec: libc::c_long::from(duration.subsec_nanos() as i32),
     }
 }
@@ -417,7 +417,7 @@ fn set_kvm_signal_mask(vcpu: &VcpuFd, sigset: [u8; 8]) -> anyhow::Result<()> {
     buffer[..4].copy_from_slice(&8u32.to_ne_bytes());
     buffer[4..].copy_from_slice(&sigset);
     // SAFETY: valid vCPU fd and a buffer of the size the kernel reads.
-    let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK, buffer.as_ptr()) };
+    let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK as _, buffer.as_ptr()) };
     if rc != 0 {
         bail!("KVM_SET_SIGNAL_MASK: {}", std::io::Error::last_os_error());
     }

@@ -4,7 +4,9 @@
 //! idempotent; `run` and `test` call it first, so on a fresh Debian 12 machine
 //! with only Rust installed the README's two commands work as they are.
 
+mod dist;
 mod setup;
+mod vm_test;
 
 use std::process::Command;
 
@@ -38,6 +40,10 @@ enum Task {
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,
     },
+    /// Build the static musl binary and the Debian package into target/dist/.
+    Dist,
+    /// Boot Debian's 6.1 and 6.12 kernels under QEMU and check every probe there.
+    VmTest,
     /// Fuzz the recording parser and replay with cargo-fuzz (libFuzzer).
     Fuzz {
         /// How long to fuzz.
@@ -58,6 +64,8 @@ fn main() {
             setup::test_prerequisites();
             test(no_lint, fuzz_seconds)
         }),
+        Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
+        Task::VmTest => setup::run().and_then(|()| vm_test::run()),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
     };
     if let Err(error) = result {
@@ -162,10 +170,15 @@ fn test(no_lint: bool, fuzz_seconds: u64) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    // The static binary and the .deb, so the tests can run them in an
+    // environment without any build tools.
+    let outputs = dist::run()?;
     // One test at a time: the live tests each attach a tracer session and
     // run a KVM guest, as one operator would on one host.
     let mut command = cargo();
     command
+        .env("TRACER_STATIC_BINARY", &outputs.binary)
+        .env("TRACER_DEB", &outputs.deb)
         .arg("test")
         .args(HOST_PACKAGES)
         .args(["--", "--test-threads=1"]);

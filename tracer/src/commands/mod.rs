@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<i32>`
 //! returning the process exit code.
 
+pub mod assets;
 pub mod doctor;
 pub mod live;
 pub mod probes;
@@ -16,6 +17,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Record(args) => live::record(&args),
         Command::Report(args) => report::run(&args),
         Command::Serve(args) => live::serve(&args),
+        Command::GenerateAssets { dir } => assets::generate(&dir).map(|()| 0),
         Command::Doctor(args) => doctor::run(&args),
         Command::Probes(args) => probes::run(&args),
         Command::Repro(args) => repro::run(&args),

@@ -1,0 +1,199 @@
+//! `cargo xtask dist`: a static x86_64-unknown-linux-musl `tracer` (eBPF
+//! object embedded) and a Debian package with the man pages, shell
+//! completions and the systemd unit of `tracer serve`, built with
+//! `dpkg-deb`; outputs and a SHA-256 list under `target/dist/`.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use sha2::Digest as _;
+
+use crate::{cargo, run_command, setup};
+
+/// The static target.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Debian package name.
+const PACKAGE: &str = "split-lock-tracer";
+
+/// What `dist` produced.
+pub struct DistOutputs {
+    /// The static binary.
+    pub binary: PathBuf,
+    /// The Debian package.
+    pub deb: PathBuf,
+}
+
+fn ensure_musl_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(MUSL_TARGET));
+    if installed {
+        eprintln!("xtask: {MUSL_TARGET}: present");
+        return Ok(());
+    }
+    run_command(Command::new("rustup").args(["target", "add", MUSL_TARGET])).with_context(|| {
+        format!("adding the {MUSL_TARGET} target (manual fix: `rustup target add {MUSL_TARGET}`)")
+    })
+}
+
+fn copy_mode(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn gzip_into(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(file, flate2::Compression::best());
+    encoder.write_all(&data)?;
+    encoder.finish()?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+/// Builds everything.
+pub fn run() -> anyhow::Result<DistOutputs> {
+    ensure_musl_target()?;
+    let root = setup::workspace_root()?;
+    run_command(cargo().current_dir(&root).args([
+        "build",
+        "--profile",
+        "dist",
+        "--package",
+        "tracer",
+        "--target",
+        MUSL_TARGET,
+    ]))?;
+    let dist = root.join("target/dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist).with_context(|| format!("cleaning {}", dist.display()))?;
+    }
+    std::fs::create_dir_all(&dist)?;
+    let built = root.join(format!("target/{MUSL_TARGET}/dist/tracer"));
+    let binary = dist.join("tracer");
+    copy_mode(&built, &binary, 0o755)?;
+
+    let assets = dist.join("assets");
+    run_command(Command::new(&binary).arg("generate-assets").arg(&assets))?;
+
+    let version = env!("CARGO_PKG_VERSION");
+    let tree = dist.join(format!("{PACKAGE}_{version}_amd64"));
+    copy_mode(&binary, &tree.join("usr/bin/tracer"), 0o755)?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(assets.join("man"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .collect();
+    pages.sort();
+    for page in &pages {
+        let name = page
+            .file_name()
+            .context("man page name")?
+            .to_string_lossy()
+            .into_owned();
+        gzip_into(page, &tree.join(format!("usr/share/man/man1/{name}.gz")))?;
+    }
+    let completions = assets.join("completions");
+    copy_mode(
+        &completions.join("tracer.bash"),
+        &tree.join("usr/share/bash-completion/completions/tracer"),
+        0o644,
+    )?;
+    copy_mode(
+        &completions.join("_tracer"),
+        &tree.join("usr/share/zsh/vendor-completions/_tracer"),
+        0o644,
+    )?;
+    copy_mode(
+        &completions.join("tracer.fish"),
+        &tree.join("usr/share/fish/vendor_completions.d/tracer.fish"),
+        0o644,
+    )?;
+    copy_mode(
+        &root.join("deploy/systemd/split-lock-tracer.service"),
+        &tree.join("lib/systemd/system/split-lock-tracer.service"),
+        0o644,
+    )?;
+    copy_mode(
+        &root.join("deploy/prometheus/alerts.yml"),
+        &tree.join(format!("usr/share/doc/{PACKAGE}/examples/alerts.yml")),
+        0o644,
+    )?;
+    let doc = tree.join(format!("usr/share/doc/{PACKAGE}/copyright"));
+    std::fs::write(
+        &doc,
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: split-lock-tracer\n\nFiles: *\nLicense: MIT OR Apache-2.0\n",
+    )?;
+    let installed_kib = walk_size(&tree)? / 1024;
+    let control = tree.join("DEBIAN/control");
+    std::fs::create_dir_all(control.parent().context("DEBIAN")?)?;
+    std::fs::write(
+        &control,
+        format!(
+            "Package: {PACKAGE}\nVersion: {version}\nArchitecture: amd64\nMaintainer: split-lock-tracer developers <noreply@example.invalid>\nInstalled-Size: {installed_kib}\nSection: admin\nPriority: optional\nDescription: eBPF tracer for the KVM split-lock punish/interrupt livelock\n Shows per vCPU thread whether a guest is stuck retrying a split-locked\n instruction whose punishment sleep is interrupted by the VMM's timer,\n records evidence for kernel developers, checks the host (tracer doctor)\n and serves Prometheus metrics (tracer serve). Statically linked.\n"
+        ),
+    )?;
+    let deb = dist.join(format!("{PACKAGE}_{version}_amd64.deb"));
+    run_command(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&tree)
+            .arg(&deb),
+    )
+    .context("building the .deb with dpkg-deb (Debian's dpkg package)")?;
+
+    let mut sums = String::new();
+    for file in [&binary, &deb] {
+        let data = std::fs::read(file)?;
+        let digest = sha2::Sha256::digest(&data);
+        for byte in digest {
+            let _ = write!(sums, "{byte:02x}");
+        }
+        let _ = writeln!(
+            sums,
+            "  {}",
+            file.file_name().context("name")?.to_string_lossy()
+        );
+    }
+    std::fs::write(dist.join("SHA256SUMS"), &sums)?;
+    if !deb.exists() {
+        bail!("{} was not written", deb.display());
+    }
+    println!(
+        "dist: {} and {} (SHA256SUMS beside them)",
+        binary.display(),
+        deb.display()
+    );
+    Ok(DistOutputs { binary, deb })
+}
+
+fn walk_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            walk_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
