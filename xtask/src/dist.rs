@@ -76,7 +76,7 @@ pub fn run() -> anyhow::Result<DistOutputs> {
     run_command(cargo().current_dir(&root).args([
         "build",
         "--profile",
-        "dist",
+        "release-static",
         "--package",
         "tracer",
         "--target",
@@ -87,7 +87,7 @@ pub fn run() -> anyhow::Result<DistOutputs> {
         std::fs::remove_dir_all(&dist).with_context(|| format!("cleaning {}", dist.display()))?;
     }
     std::fs::create_dir_all(&dist)?;
-    let built = root.join(format!("target/{MUSL_TARGET}/dist/tracer"));
+    let built = root.join(format!("target/{MUSL_TARGET}/release-static/tracer"));
     let binary = dist.join("tracer");
     copy_mode(&built, &binary, 0o755)?;
 

@@ -260,27 +260,21 @@ pub fn run(skip_missing: bool) -> anyhow::Result<()> {
     }
     let outputs = dist::run()?;
     let root = setup::workspace_root()?;
-    // Its own target directory: building it in the dist one was measured to
-    // make the next static tracer build start from scratch (4 minutes).
-    let init_target = root.join("target/vm-init");
-    run_command(
-        cargo()
-            .current_dir(&root)
-            .args([
-                "build",
-                "--profile",
-                "dist",
-                "--package",
-                "xtask",
-                "--bin",
-                "vm-init",
-                "--target",
-                dist::MUSL_TARGET,
-            ])
-            .arg("--target-dir")
-            .arg(&init_target),
-    )?;
-    let init = init_target.join(format!("{}/dist/vm-init", dist::MUSL_TARGET));
+    run_command(cargo().current_dir(&root).args([
+        "build",
+        "--profile",
+        "release-static",
+        "--package",
+        "xtask",
+        "--bin",
+        "vm-init",
+        "--target",
+        dist::MUSL_TARGET,
+    ]))?;
+    let init = root.join(format!(
+        "target/{}/release-static/vm-init",
+        dist::MUSL_TARGET
+    ));
     let work = root.join("target/vm-test");
     let cache = work.join("cache");
     std::fs::create_dir_all(&cache)?;
