@@ -121,6 +121,8 @@ const CARGO_FUZZ_VERSION: &str = "0.13.1";
 /// committed seeds. cargo-fuzz passes nightly-only flags, so the stable
 /// toolchain runs with `RUSTC_BOOTSTRAP=1`, as the eBPF build does.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    // libfuzzer-sys compiles libFuzzer's C++ sources.
+    setup::apt_package("g++", "c++", "--version");
     let installed = cargo()
         .args(["fuzz", "--version"])
         .output()

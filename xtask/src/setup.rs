@@ -193,7 +193,7 @@ pub fn test_prerequisites() {
 
 /// Installs a Debian package when its program is missing; failures are
 /// reported, not fatal (the tests that need it print SKIP).
-fn apt_package(package: &str, program: &str, probe_arg: &str) {
+pub(crate) fn apt_package(package: &str, program: &str, probe_arg: &str) {
     if Command::new(program).arg(probe_arg).output().is_ok() {
         eprintln!("xtask: {package}: present");
         return;
