@@ -4,6 +4,7 @@
 //! idempotent; `run` and `test` call it first, so on a fresh Debian 12 machine
 //! with only Rust installed the README's two commands work as they are.
 
+mod bench;
 mod dist;
 mod setup;
 mod vm_test;
@@ -43,6 +44,8 @@ enum Task {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Measure the tracer's cost on the KVM reproducer against bpftrace (target/bench/).
+    Bench,
     /// Build the static musl binary and the Debian package into target/dist/.
     Dist,
     /// Boot Debian's 6.1 and 6.12 kernels under QEMU and check every probe there.
@@ -68,6 +71,7 @@ fn main() {
             setup::test_prerequisites();
             test(no_lint, fuzz_seconds, no_vm)
         }),
+        Task::Bench => setup::run().and_then(|()| bench::run()),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::VmTest => setup::run().and_then(|()| vm_test::run(false)),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
