@@ -317,15 +317,7 @@ fn a_full_disk_keeps_every_complete_line_and_counts_the_rest() {
     for event in &run.events {
         writer.event(event.clone());
     }
-    let outcome = writer.finish(Summary {
-        ts_ns: 1,
-        ended_by: EndReason::Duration,
-        events_written: 0,
-        events_not_written: 0,
-        losses: LossCounts::default(),
-        threads: Vec::new(),
-        vms: Vec::new(),
-    });
+    let outcome = writer.finish(Summary::new(1, EndReason::Duration));
     let error = outcome.write_error.clone().expect("the disk filled");
     assert!(error.contains("No space left"), "{error}");
     assert_eq!(

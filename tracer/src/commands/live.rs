@@ -422,15 +422,7 @@ impl TraceLoop<'_> {
                     };
                     events_this_interval = 0;
                     last_tick = Instant::now();
-                    let kernel_counts = session.thread_counters()?;
-                    let all_rows: Vec<ThreadRow> = model
-                        .rows(now, true)
-                        .into_iter()
-                        .map(|mut row| {
-                            row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
-                            row
-                        })
-                        .collect();
+                    let all_rows = rows_with_kernel_counts(&mut model, &session, now)?;
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.remember(&all_rows);
                     }
@@ -528,6 +520,23 @@ impl TraceLoop<'_> {
     }
 }
 
+/// Every thread's row at `now`, with the kernel's exact counters attached.
+fn rows_with_kernel_counts(
+    model: &mut Model,
+    session: &TraceSession,
+    now: u64,
+) -> anyhow::Result<Vec<ThreadRow>> {
+    let kernel_counts = session.thread_counters()?;
+    Ok(model
+        .rows(now, true)
+        .into_iter()
+        .map(|mut row| {
+            row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
+            row
+        })
+        .collect())
+}
+
 fn publish(
     published: &std::sync::Mutex<Published>,
     rows: &[ThreadRow],
@@ -584,15 +593,7 @@ fn finish_recording(
     let now = monotonic_now_ns();
     let losses = session.losses()?;
     recorder.losses(&losses, now);
-    let kernel_counts = session.thread_counters()?;
-    let rows: Vec<ThreadRow> = model
-        .rows(now, true)
-        .into_iter()
-        .map(|mut row| {
-            row.kernel = kernel_counts.get(&row.tid).map(KernelCounts::from);
-            row
-        })
-        .collect();
+    let rows = rows_with_kernel_counts(model, session, now)?;
     recorder.remember(&rows);
     let threads: Vec<ThreadRow> = std::mem::take(&mut recorder.last_rows)
         .into_values()

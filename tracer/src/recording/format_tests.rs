@@ -8,10 +8,7 @@ use super::{
     reader::{ReadError, RecordingReader},
     writer::{CreateError, RecordingWriter, create_output},
 };
-use crate::{
-    session::LossCounts,
-    simulate::{self, ProbeSet, Scenario},
-};
+use crate::simulate::{self, ProbeSet, Scenario};
 
 fn write_modelled(path: &Path, finish: bool) -> Vec<crate::events::Event> {
     let run = simulate::run(&Scenario::seed_001(250, 1.0, 500));
@@ -27,15 +24,10 @@ fn write_modelled(path: &Path, finish: bool) -> Vec<crate::events::Event> {
         count: 2,
     });
     if finish {
-        let outcome = writer.finish(Summary {
-            ts_ns: run.events.last().unwrap().ts_ns + 1,
-            ended_by: EndReason::Duration,
-            events_written: 0,
-            events_not_written: 0,
-            losses: LossCounts::default(),
-            threads: Vec::new(),
-            vms: Vec::new(),
-        });
+        let outcome = writer.finish(Summary::new(
+            run.events.last().unwrap().ts_ns + 1,
+            EndReason::Duration,
+        ));
         assert_eq!(outcome.events_written, run.events.len() as u64);
         assert_eq!(outcome.write_error, None);
     } else {
@@ -237,15 +229,7 @@ fn a_full_queue_is_counted_and_recorded() {
     for event in &run.events {
         writer.event(event.clone());
     }
-    let outcome = writer.finish(Summary {
-        ts_ns: 1,
-        ended_by: EndReason::Signal,
-        events_written: 0,
-        events_not_written: 0,
-        losses: LossCounts::default(),
-        threads: Vec::new(),
-        vms: Vec::new(),
-    });
+    let outcome = writer.finish(Summary::new(1, EndReason::Signal));
     assert!(outcome.queue_dropped > 0, "{outcome:?}");
     let (records, _) = read_all(&path).unwrap();
     let written = records

@@ -168,6 +168,21 @@ pub struct Summary {
     pub vms: Vec<VmThreads>,
 }
 
+impl Summary {
+    /// A summary with nothing counted yet (the writer fills in its counts).
+    pub fn new(ts_ns: u64, ended_by: EndReason) -> Self {
+        Self {
+            ts_ns,
+            ended_by,
+            events_written: 0,
+            events_not_written: 0,
+            losses: LossCounts::default(),
+            threads: Vec::new(),
+            vms: Vec::new(),
+        }
+    }
+}
+
 /// One line of a recording.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -8,7 +8,6 @@ use crate::{
     events::EventBody,
     model::Verdict,
     recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
-    session::LossCounts,
     simulate::{self, ProbeSet, Scenario},
 };
 
@@ -36,15 +35,10 @@ fn write_recording(path: &Path, duration_ms: u64, probes: ProbeSet) {
     for event in &events {
         writer.event(event.clone());
     }
-    writer.finish(Summary {
-        ts_ns: events.last().unwrap().ts_ns,
-        ended_by: EndReason::Duration,
-        events_written: 0,
-        events_not_written: 0,
-        losses: LossCounts::default(),
-        threads: Vec::new(),
-        vms: Vec::new(),
-    });
+    writer.finish(Summary::new(
+        events.last().unwrap().ts_ns,
+        EndReason::Duration,
+    ));
 }
 
 struct Replayed {
