@@ -438,3 +438,75 @@ fn punished_share_matches_the_time_spent_in_handlers() {
         row.punished_pct
     );
 }
+
+/// A host task, not a vCPU, in the same loop (kernel.md §5: the dosemu2
+/// libi86 test split-locking `xchg` while a SIGALRM fires every < 10 ms):
+/// handle_user_split_lock -> split_lock_warn -> msleep_interruptible cut
+/// short by the signal -> handled -> the handler returns to the same
+/// instruction. It gets its own row, without a vCPU index.
+#[test]
+fn a_split_locking_host_process_gets_a_row_and_a_verdict() {
+    let ip = 0x5555_5555_1234;
+    let mut events = Vec::new();
+    let event = |ts: u64, body: EventBody| Event {
+        ts_ns: ts,
+        cpu: 0,
+        tgid: 777,
+        tid: 777,
+        comm: "libi86-test".into(),
+        body,
+    };
+    for round in 0..6u64 {
+        let t = 1_000_000_000 + round * 5_000_000;
+        events.push(event(
+            t,
+            EventBody::SplitLockTrap {
+                source: TrapSource::User,
+                ip,
+            },
+        ));
+        events.push(event(
+            t + 1_000,
+            EventBody::SplitLockTrap {
+                source: TrapSource::Warn,
+                ip,
+            },
+        ));
+        events.push(event(
+            t + 4_000_000,
+            EventBody::Signal {
+                sig: 14,
+                errno: 0,
+                code: 0x80,
+                target_tid: 777,
+                group: Some(1),
+                result: Some(0),
+            },
+        ));
+        events.push(event(
+            t + 4_000_100,
+            EventBody::SleepReturn { remaining_ms: 8 },
+        ));
+        events.push(event(
+            t + 4_000_200,
+            EventBody::SplitLockReturn {
+                source: TrapSource::User,
+                handled: true,
+                duration_ns: 4_000_200,
+            },
+        ));
+    }
+    let mut model = replay(&events);
+    let now = model.latest_ns();
+    let rows = model.rows(now, false);
+    let row = rows
+        .iter()
+        .find(|row| row.tid == 777)
+        .expect("a row for the host task");
+    assert_eq!(row.vcpu, None);
+    assert_eq!(row.comm, "libi86-test");
+    assert_eq!(row.verdict, Verdict::Livelock, "{:?}", row.evidence);
+    assert!(row.confirmed);
+    assert_eq!(row.totals.traps, 6);
+    assert_eq!(row.totals.sleeps_interrupted, 6);
+}
