@@ -15,7 +15,7 @@ use crate::{
     model::{KernelCounts, Model, ThreadRow, Verdict},
     recording::{
         ClockInfo, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Summary, TracerIdentity,
-        loss_records,
+        apply_loss, loss_records,
         redact::Redactor,
         writer::{self, DEFAULT_QUEUE_RECORDS, RecordingWriter},
     },
@@ -310,11 +310,18 @@ impl Recorder {
         }
     }
 
-    fn losses(&mut self, losses: &LossCounts, now: u64) {
+    /// Records the growth of the loss counters. During tracing this never
+    /// waits: a record that finds the queue full stays unreported and goes
+    /// out with a later interval; at the end (`wait`) every one is written.
+    fn losses(&mut self, losses: &LossCounts, now: u64, wait: bool) {
         for record in loss_records(&self.reported_losses, losses, now) {
-            self.writer.lost(record);
+            if wait {
+                self.writer.lost(record.clone());
+            } else if !self.writer.try_lost(record.clone()) {
+                return;
+            }
+            apply_loss(&mut self.reported_losses, &record);
         }
-        self.reported_losses = losses.clone();
     }
 }
 
@@ -405,7 +412,7 @@ impl TraceLoop<'_> {
                     model.expire(now, |tid| host.thread_gone(tid));
                     let losses = session.losses()?;
                     if let Some(recorder) = recorder.as_mut() {
-                        recorder.losses(&losses, now);
+                        recorder.losses(&losses, now, false);
                     }
                     let status = ViewStatus {
                         mode: session.mode.to_string(),
@@ -592,7 +599,7 @@ fn finish_recording(
 ) -> anyhow::Result<i32> {
     let now = monotonic_now_ns();
     let losses = session.losses()?;
-    recorder.losses(&losses, now);
+    recorder.losses(&losses, now, true);
     let rows = rows_with_kernel_counts(model, session, now)?;
     recorder.remember(&rows);
     let threads: Vec<ThreadRow> = std::mem::take(&mut recorder.last_rows)

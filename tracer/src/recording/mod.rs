@@ -197,6 +197,22 @@ pub enum Record {
     Summary(Box<Summary>),
 }
 
+/// Adds a `lost` record's count to the totals it came from (the inverse of
+/// [`loss_records`]).
+pub fn apply_loss(totals: &mut LossCounts, record: &LostRecord) {
+    let detail = record.detail.clone().unwrap_or_default();
+    match record.cause {
+        LostCause::RingFull => *totals.ring_full.entry(detail).or_default() += record.count,
+        LostCause::Undecodable => *totals.undecodable.entry(detail).or_default() += record.count,
+        LostCause::RecursionMiss => {
+            *totals.recursion_misses.entry(detail).or_default() += record.count;
+        }
+        LostCause::CounterMapFull => totals.counter_map_full += record.count,
+        LostCause::WindowMapFull => totals.window_map_full += record.count,
+        LostCause::RecorderQueueFull => {}
+    }
+}
+
 /// `lost` records for the growth of `now` over `before`.
 pub fn loss_records(before: &LossCounts, now: &LossCounts, ts_ns: u64) -> Vec<LostRecord> {
     fn keyed(
@@ -287,6 +303,11 @@ mod tests {
                 .any(|r| r.cause == LostCause::WindowMapFull && r.count == 2)
         );
         assert!(loss_records(&now, &now, 8).is_empty());
+        let mut rebuilt = before.clone();
+        for record in &records {
+            apply_loss(&mut rebuilt, record);
+        }
+        assert_eq!(rebuilt, now);
     }
 }
 

@@ -275,6 +275,14 @@ impl RecordingWriter {
         let _ = self.queue.send(Message::Record(Record::Lost(record)));
     }
 
+    /// Queues a `lost` record without waiting; `false` when the queue is
+    /// full (the caller keeps the loss and reports it again later).
+    pub fn try_lost(&self, record: LostRecord) -> bool {
+        self.queue
+            .try_send(Message::Record(Record::Lost(record)))
+            .is_ok()
+    }
+
     /// Events traced but not written so far (queue full or write failure).
     pub fn not_written(&self) -> u64 {
         self.queue_dropped.load(Ordering::Relaxed) + self.not_written.load(Ordering::Relaxed)

@@ -14,7 +14,7 @@ use crate::{
     kernel::host,
     live::ViewStatus,
     model::{Model, ThreadRow, Verdict},
-    recording::{LostCause, LostRecord, Metadata, Record, Summary},
+    recording::{LostCause, LostRecord, Metadata, Record, Summary, apply_loss},
     session::LossCounts,
 };
 
@@ -234,21 +234,15 @@ impl Replay {
             || {
                 let mut losses = LossCounts::default();
                 for ((cause, detail), count) in &self.lost {
-                    let detail = detail.clone().unwrap_or_default();
-                    match cause {
-                        LostCause::RingFull => {
-                            *losses.ring_full.entry(detail).or_default() += count;
-                        }
-                        LostCause::Undecodable => {
-                            *losses.undecodable.entry(detail).or_default() += count;
-                        }
-                        LostCause::RecursionMiss => {
-                            *losses.recursion_misses.entry(detail).or_default() += count;
-                        }
-                        LostCause::CounterMapFull => losses.counter_map_full += count,
-                        LostCause::WindowMapFull => losses.window_map_full += count,
-                        LostCause::RecorderQueueFull => {}
-                    }
+                    apply_loss(
+                        &mut losses,
+                        &LostRecord {
+                            ts_ns: 0,
+                            cause: *cause,
+                            detail: detail.clone(),
+                            count: *count,
+                        },
+                    );
                 }
                 losses
             },
