@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{LIVELOCK_MITIGATIONS, ThreadRow, Verdict};
 
 /// What the header shows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ViewStatus {
     /// `full` or `tracepoint-only`.
     pub mode: String,
@@ -203,13 +203,8 @@ mod tests {
             probes_attached: 10,
             probes_total: 10,
             events_per_s: 2010.0,
-            lost_ring: 0,
-            lost_undecodable: 0,
-            lost_recursion: 0,
-            counter_map_full: 0,
-            window_map_full: 0,
-            recorder_not_written: 0,
             elapsed_s: 12.0,
+            ..ViewStatus::default()
         }
     }
 

@@ -250,13 +250,8 @@ mod tests {
             probes_attached: 10,
             probes_total: 10,
             events_per_s: 12.5,
-            lost_ring: 0,
-            lost_undecodable: 0,
-            lost_recursion: 0,
-            counter_map_full: 0,
-            window_map_full: 0,
-            recorder_not_written: 0,
             elapsed_s: 3.0,
+            ..ViewStatus::default()
         };
         let text = encode_metrics(
             &rows,

@@ -69,25 +69,40 @@ fn gzip_into(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds everything.
-pub fn run() -> anyhow::Result<DistOutputs> {
+/// Builds a static binary of `package` (optionally one `bin` of it) with
+/// the stripped `release-static` profile; returns its path.
+pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf> {
     ensure_musl_target()?;
     let root = setup::workspace_root()?;
-    run_command(cargo().current_dir(&root).args([
+    let mut command = cargo();
+    command.current_dir(&root).args([
         "build",
         "--profile",
         "release-static",
-        "--package",
-        "tracer",
         "--target",
         MUSL_TARGET,
-    ]))?;
+        "--package",
+        package,
+    ]);
+    if let Some(bin) = bin {
+        command.args(["--bin", bin]);
+    }
+    run_command(&mut command)?;
+    Ok(root.join(format!(
+        "target/{MUSL_TARGET}/release-static/{}",
+        bin.unwrap_or(package)
+    )))
+}
+
+/// Builds everything.
+pub fn run() -> anyhow::Result<DistOutputs> {
+    let built = build_static("tracer", None)?;
+    let root = setup::workspace_root()?;
     let dist = root.join("target/dist");
     if dist.exists() {
         std::fs::remove_dir_all(&dist).with_context(|| format!("cleaning {}", dist.display()))?;
     }
     std::fs::create_dir_all(&dist)?;
-    let built = root.join(format!("target/{MUSL_TARGET}/release-static/tracer"));
     let binary = dist.join("tracer");
     copy_mode(&built, &binary, 0o755)?;
 

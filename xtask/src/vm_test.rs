@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{cargo, dist, run_command, setup};
+use crate::{dist, run_command, setup};
 
 /// Kernel series booted, as Debian package name prefixes.
 const SERIES: [(&str, &str); 2] = [("6.1", "linux-image-6.1.0-"), ("6.12", "linux-image-6.12.")];
@@ -260,21 +260,7 @@ pub fn run(skip_missing: bool) -> anyhow::Result<()> {
     }
     let outputs = dist::run()?;
     let root = setup::workspace_root()?;
-    run_command(cargo().current_dir(&root).args([
-        "build",
-        "--profile",
-        "release-static",
-        "--package",
-        "xtask",
-        "--bin",
-        "vm-init",
-        "--target",
-        dist::MUSL_TARGET,
-    ]))?;
-    let init = root.join(format!(
-        "target/{}/release-static/vm-init",
-        dist::MUSL_TARGET
-    ));
+    let init = dist::build_static("xtask", Some("vm-init"))?;
     let work = root.join("target/vm-test");
     let cache = work.join("cache");
     std::fs::create_dir_all(&cache)?;
