@@ -15,6 +15,7 @@ pub mod report;
 pub mod repro;
 pub mod session;
 pub mod simulate;
+pub mod storm;
 pub mod version;
 
 /// The eBPF object built by `build.rs` (all probes in one object).

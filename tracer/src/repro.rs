@@ -337,11 +337,12 @@ pub fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
-struct ThreadTimer(libc::timer_t);
+/// A POSIX timer that signals one thread (`SIGEV_THREAD_ID`).
+pub(crate) struct ThreadTimer(libc::timer_t);
 
 impl ThreadTimer {
     /// A CLOCK_MONOTONIC timer that signals the calling thread.
-    fn for_current_thread(signal: i32) -> anyhow::Result<Self> {
+    pub(crate) fn for_current_thread(signal: i32) -> anyhow::Result<Self> {
         // SAFETY: zeroed sigevent is valid; we set the fields we use.
         let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
         event.sigev_notify = libc::SIGEV_THREAD_ID;
@@ -356,7 +357,7 @@ impl ThreadTimer {
         Ok(Self(timer))
     }
 
-    fn arm(&self, value: Duration, interval: Duration) -> anyhow::Result<()> {
+    pub(crate) fn arm(&self, value: Duration, interval: Duration) -> anyhow::Result<()> {
         let spec = libc::itimerspec {
             it_interval: timespec(interval),
             it_value: timespec(value),
@@ -383,7 +384,7 @@ fn timespec(duration: Duration) -> libc::timespec {
     }
 }
 
-fn signal_set(signal: i32) -> libc::sigset_t {
+pub(crate) fn signal_set(signal: i32) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -425,7 +426,7 @@ fn set_kvm_signal_mask(vcpu: &VcpuFd, sigset: [u8; 8]) -> anyhow::Result<()> {
 }
 
 /// Consumes every pending `signal` without waiting; returns (count, overruns).
-fn consume_pending(signal: i32) -> (u64, u64) {
+pub(crate) fn consume_pending(signal: i32) -> (u64, u64) {
     let set = signal_set(signal);
     let zero = libc::timespec {
         tv_sec: 0,
@@ -441,14 +442,19 @@ fn consume_pending(signal: i32) -> (u64, u64) {
             return (consumed, overruns);
         }
         consumed += 1;
-        // si_overrun sits right after si_tid (int) in the timer union:
-        // offset 16 (si_signo, si_errno, si_code, pad) + 4.
-        // SAFETY: siginfo_t is 128 bytes.
-        let overrun = unsafe {
-            std::ptr::read_unaligned((&raw const info).cast::<u8>().add(20).cast::<i32>())
-        };
-        overruns += u64::try_from(overrun).unwrap_or(0);
+        overruns += timer_overrun(&info);
     }
+}
+
+/// `si_overrun` of a POSIX timer's signal.
+pub(crate) fn timer_overrun(info: &libc::siginfo_t) -> u64 {
+    // si_overrun sits right after si_tid (int) in the timer union:
+    // offset 16 (si_signo, si_errno, si_code, pad) + 4.
+    // SAFETY: siginfo_t is 128 bytes.
+    let overrun = unsafe {
+        std::ptr::read_unaligned(std::ptr::from_ref(info).cast::<u8>().add(20).cast::<i32>())
+    };
+    u64::try_from(overrun).unwrap_or(0)
 }
 
 fn exit_name(exit: &VcpuExit<'_>) -> String {

@@ -403,3 +403,39 @@ pub fn modelled_metadata(probes: ProbeSet, start_ns: u64) -> crate::recording::M
         redacted: false,
     }
 }
+
+/// Writes the modelled runs of `scenarios` (merged in time order) through
+/// the real recording writer, with [`modelled_metadata`]; returns the
+/// number of events.
+///
+/// # Errors
+/// The file cannot be created (exists without `force`, symlink, I/O).
+pub fn write_recording(
+    path: &std::path::Path,
+    force: bool,
+    scenarios: &[Scenario],
+    probes: ProbeSet,
+) -> anyhow::Result<usize> {
+    use crate::recording::{EndReason, Summary, writer::RecordingWriter};
+    let mut events: Vec<Event> = scenarios
+        .iter()
+        .flat_map(|scenario| run(scenario).events)
+        .collect();
+    events.sort_by_key(|event| (event.ts_ns, event.tid));
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        anyhow::bail!("the scenarios produced no events");
+    };
+    let (start, end) = (first.ts_ns, last.ts_ns);
+    let metadata = modelled_metadata(probes, start);
+    // Room for every event: a modelled recording drops nothing.
+    let writer = RecordingWriter::create(path, force, metadata, events.len() + 16)?;
+    let count = events.len();
+    for event in events {
+        writer.event(event);
+    }
+    let outcome = writer.finish(Summary::new(end, EndReason::Duration));
+    if let Some(error) = outcome.write_error {
+        anyhow::bail!("writing {}: {error}", path.display());
+    }
+    Ok(count)
+}

@@ -14,8 +14,8 @@ use crate::{
     live::{self, Style, ViewStatus},
     model::{KernelCounts, Model, ThreadRow, Verdict},
     recording::{
-        ClockInfo, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Summary, TracerIdentity,
-        apply_loss, loss_records,
+        ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Summary,
+        TracerIdentity, apply_loss, loss_records,
         redact::Redactor,
         writer::{self, DEFAULT_QUEUE_RECORDS, RecordingWriter},
     },
@@ -605,14 +605,23 @@ fn finish_recording(
     let threads: Vec<ThreadRow> = std::mem::take(&mut recorder.last_rows)
         .into_values()
         .collect();
+    let with_row: std::collections::HashSet<u32> = threads.iter().map(|row| row.tid).collect();
+    let counted_threads = session
+        .thread_counters()?
+        .iter()
+        .filter(|(tid, _)| !with_row.contains(tid))
+        .map(|(&tid, counters)| CountedThread {
+            tid,
+            tgid: counters.tgid,
+            kernel: KernelCounts::from(counters),
+        })
+        .collect();
     let mut summary = Summary {
-        ts_ns: now,
-        ended_by,
-        events_written: 0,
-        events_not_written: 0,
+        counted_threads,
         losses,
         threads,
         vms: host.vm_threads(),
+        ..Summary::new(now, ended_by)
     };
     if let Some(redactor) = recorder.redactor.as_mut() {
         redactor.summary(&mut summary);

@@ -14,7 +14,8 @@
 //!   [`LIVELOCK_STREAK`] consecutive #AC VM exits at the same guest RIP each
 //!   followed by an EINTR return of KVM_RUN sooner than
 //!   [`PUNISHMENT_MIN_NS`] (an uninterrupted punishment sleeps at least
-//!   10 ms) with no other KVM_RUN return in between.
+//!   10 ms) with no other KVM_RUN return in between; a KVM_RUN return
+//!   without an #AC exit in its run breaks the streak.
 //! * LIVELOCK is left only on a completed episode (or, inferred, an #AC exit
 //!   that was not cut short) or after [`QUIET_HOLD_NS`] without a trap.
 //! * KILLED and KVM ERROR are sticky for the life of the thread.
@@ -499,6 +500,14 @@ impl ThreadState {
                     self.livelock = None;
                 }
             }
+        } else {
+            // A KVM_RUN without an #AC exit: the guest ran (or never
+            // entered), so the cut-short #AC exits around it are not
+            // consecutive. On a host that does not punish
+            // (split_lock_mitigate=0) detection stays off for two jiffies
+            // after each trap and a fast timer ends the runs in between:
+            // without this reset those would look like a livelock.
+            self.ac.streak = 0;
         }
         if errno == KVM_RUN_EINTR {
             self.totals.eintr_exits += 1;

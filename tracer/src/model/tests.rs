@@ -510,3 +510,38 @@ fn a_split_locking_host_process_gets_a_row_and_a_verdict() {
     assert_eq!(row.totals.traps, 6);
     assert_eq!(row.totals.sleeps_interrupted, 6);
 }
+
+/// The tracepoint-only rule on a host whose knob is 0 for the first 2 s
+/// and 1 after (the benchmark's latency scenario): no LIVELOCK while the
+/// host does not punish, even though it believes it might; LIVELOCK once
+/// it does.
+#[test]
+fn inferred_livelock_starts_with_the_punishment_not_before() {
+    for hz in [250, 1000] {
+        let mut scenario = Scenario::seed_001(hz, 1.0, 4000);
+        scenario.probes = ProbeSet::TracepointOnly;
+        scenario.mitigate = vec![(0, false), (2_000_000_000, true)];
+        let run = simulate::run(&scenario);
+        let punishment_from = scenario.start_ns + 2_000_000_000;
+        let mut model = Model::new();
+        let mut first_livelock = None;
+        for event in &run.events {
+            model.apply(event);
+            let row = row_at(&mut model, event.ts_ns);
+            if row.verdict == Verdict::Livelock && first_livelock.is_none() {
+                first_livelock = Some(event.ts_ns);
+            }
+        }
+        let at = first_livelock.expect("a livelock once the host punishes");
+        assert!(
+            at >= punishment_from,
+            "HZ={hz}: LIVELOCK {} ms before the punishment started",
+            (punishment_from - at) / 1_000_000
+        );
+        assert!(
+            at - punishment_from < 100_000_000,
+            "HZ={hz}: {} ms late",
+            (at - punishment_from) / 1_000_000
+        );
+    }
+}

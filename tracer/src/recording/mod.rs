@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::Event,
     kernel::host::{HostFacts, VmThreads},
-    model::ThreadRow,
+    model::{KernelCounts, ThreadRow},
     probes::{ProbeReport, TracingMode},
     session::{LayoutProblem, LossCounts},
 };
@@ -164,8 +164,25 @@ pub struct Summary {
     pub losses: LossCounts,
     /// Per-thread totals and verdicts at the end (with the kernel's own counts).
     pub threads: Vec<ThreadRow>,
+    /// Threads the eBPF programs counted that have no row (timer signals to
+    /// threads that are neither vCPUs nor split-locking), with the kernel's
+    /// exact counts: every `signal` event in the file is covered by a row's
+    /// or one of these threads' counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted_threads: Vec<CountedThread>,
     /// VMs at the end.
     pub vms: Vec<VmThreads>,
+}
+
+/// A thread known only from the in-kernel counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CountedThread {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread group id, once an event ran in the thread itself (0 before).
+    pub tgid: u32,
+    /// The kernel's counts.
+    pub kernel: KernelCounts,
 }
 
 impl Summary {
@@ -178,6 +195,7 @@ impl Summary {
             events_not_written: 0,
             losses: LossCounts::default(),
             threads: Vec::new(),
+            counted_threads: Vec::new(),
             vms: Vec::new(),
         }
     }
