@@ -370,6 +370,30 @@ impl ThreadTimer {
     }
 }
 
+impl ThreadTimer {
+    /// Arms a one-shot expiry at `deadline` on CLOCK_MONOTONIC
+    /// (`TIMER_ABSTIME`: a deadline already past fires at once).
+    pub(crate) fn arm_at(&self, deadline: Duration) -> anyhow::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: timespec(Duration::ZERO),
+            it_value: timespec(deadline),
+        };
+        // SAFETY: valid timer and pointers.
+        let rc = unsafe {
+            libc::timer_settime(
+                self.0,
+                libc::TIMER_ABSTIME,
+                &raw const spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 {
+            bail!("timer_settime: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ThreadTimer {
     fn drop(&mut self) {
         // SAFETY: deleting the timer we created.
@@ -426,7 +450,7 @@ fn set_kvm_signal_mask(vcpu: &VcpuFd, sigset: [u8; 8]) -> anyhow::Result<()> {
 }
 
 /// Consumes every pending `signal` without waiting; returns (count, overruns).
-pub(crate) fn consume_pending(signal: i32) -> (u64, u64) {
+fn consume_pending(signal: i32) -> (u64, u64) {
     let set = signal_set(signal);
     let zero = libc::timespec {
         tv_sec: 0,
@@ -447,7 +471,7 @@ pub(crate) fn consume_pending(signal: i32) -> (u64, u64) {
 }
 
 /// `si_overrun` of a POSIX timer's signal.
-pub(crate) fn timer_overrun(info: &libc::siginfo_t) -> u64 {
+fn timer_overrun(info: &libc::siginfo_t) -> u64 {
     // si_overrun sits right after si_tid (int) in the timer union:
     // offset 16 (si_signo, si_errno, si_code, pad) + 4.
     // SAFETY: siginfo_t is 128 bytes.

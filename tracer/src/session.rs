@@ -213,7 +213,12 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     let mut ebpf = loader
         .load(crate::EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let kallsyms = Kallsyms::read(std::path::Path::new("/proc/kallsyms")).ok();
+    let wanted: Vec<&str> = probes::PROBES
+        .iter()
+        .chain(std::iter::once(&probes::SPLIT_LOCK_WARN))
+        .map(|spec| spec.target)
+        .collect();
+    let kallsyms = Kallsyms::read_for(std::path::Path::new("/proc/kallsyms"), &wanted).ok();
     let context = AttachContext {
         kallsyms: kallsyms.as_ref(),
         tracefs: tracefs.as_deref(),
@@ -231,6 +236,11 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
         tracefs,
     })
 }
+
+/// How often the reader looks at the ring without being woken: the eBPF
+/// programs wake it only when an eighth of the ring holds unread data, so
+/// events reach the model at most this late.
+pub const RING_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl TraceSession {
     /// Loads the eBPF object, attaches every probe it can, and starts the

@@ -6,31 +6,34 @@
 //! tracer, and each thread's own count is the ground truth its counters and
 //! recordings are compared with.
 //!
-//! Counting is exact: a periodic POSIX timer whose signal is still queued
-//! does not queue another one (the kernel counts an overrun instead), so
-//! every generated signal is dequeued once; at the end each thread deletes its
-//! timer and takes the signal that may still be pending.
+//! Counting is exact because nothing is left in flight: each thread arms a
+//! one-shot expiry at an absolute deadline (`start + k * interval`, so the
+//! rate holds while the thread keeps up and a late thread catches up at
+//! once), takes its signal, and arms the next one only while the next
+//! deadline is inside the run. A periodic timer would not do: a signal still
+//! queued when the timer is disarmed or deleted is dropped by newer kernels
+//! after `signal_generate` reported it.
 
 use std::{
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::repro::{ThreadTimer, consume_pending, gettid, signal_set, timer_overrun};
+use crate::repro::{ThreadTimer, gettid, signal_set};
 
-/// Interval used when no rate is asked for: the kernel delivers as fast as
-/// the thread takes the signals.
-const AS_FAST_AS_POSSIBLE: Duration = Duration::from_micros(1);
-/// How long a thread waits for a signal before looking at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
+/// Interval used when no rate is asked for: each deadline is already past
+/// when it is armed, so the next signal follows at once.
+const AS_FAST_AS_POSSIBLE: Duration = Duration::from_nanos(1);
+/// How long a thread waits in one `sigtimedwait` call before trying again.
+const POLL: Duration = Duration::from_millis(100);
 /// Stack of each storm thread: it only loops on `sigtimedwait`.
 const THREAD_STACK_BYTES: usize = 64 * 1024;
+/// Time between creating the threads and the first deadline, so that
+/// thousands of threads are all waiting when the run begins.
+const START_DELAY: Duration = Duration::from_millis(100);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,21 +53,18 @@ pub struct StormConfig {
 pub struct StormThread {
     /// Kernel thread id.
     pub tid: u32,
-    /// Signals the thread dequeued (= `signal_generate` events for it).
+    /// Signals the thread took (= `signal_generate` events for it).
     pub signals: u64,
-    /// Expiries folded into earlier signals (`si_overrun`): the rate asked
-    /// for was more than the thread could take.
-    pub overruns: u64,
 }
 
 /// Result of a storm.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StormReport {
-    /// Wall-clock time from arming to the last thread's end.
+    /// Wall-clock time from the first deadline to the last thread's end.
     pub elapsed_us: u64,
     /// Rate asked for (signals/s over all threads), if any.
     pub target_rate: Option<f64>,
-    /// Per-thread interval the timers were armed with.
+    /// Per-thread interval between deadlines.
     pub interval_ns: u64,
     /// Signal number.
     pub signal: i32,
@@ -85,16 +85,17 @@ pub fn run(config: &StormConfig) -> anyhow::Result<StormReport> {
         bail!("a storm needs at least one thread");
     }
     let interval = match config.rate {
-        Some(rate) if rate > 0.0 => {
+        Some(rate) if rate > 0.0 && rate.is_finite() => {
             Duration::from_secs_f64(f64::from(config.threads) / rate).max(AS_FAST_AS_POSSIBLE)
         }
-        Some(rate) => bail!("the rate must be positive, got {rate}"),
+        Some(rate) => bail!("the rate must be a positive number, got {rate}"),
         None => AS_FAST_AS_POSSIBLE,
     };
     // Block the signal before the threads exist so that they inherit the
-    // mask: an expiry before a thread's first sigtimedwait stays pending
-    // instead of running the default action (SIGUSR1 terminates).
+    // mask: it is only ever taken by sigtimedwait, never by a default
+    // action (SIGUSR1 terminates).
     let set = signal_set(config.signal);
+    // SAFETY: an all-zero sigset_t is valid; pthread_sigmask fills it.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid set pointers.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, &raw mut old) };
@@ -107,33 +108,49 @@ pub fn run(config: &StormConfig) -> anyhow::Result<StormReport> {
     result
 }
 
+/// When the threads start and stop (CLOCK_MONOTONIC), shared once all exist.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunWindow {
+    start: Duration,
+    end: Duration,
+    abort: bool,
+}
+
+fn monotonic_now() -> Duration {
+    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
 fn run_threads(config: &StormConfig, interval: Duration) -> anyhow::Result<StormReport> {
     let count = config.threads as usize;
-    // The threads start together: each takes a read lock that is held for
-    // writing until all exist (or one could not be created, with `stop` set).
-    let start = Arc::new(RwLock::new(()));
-    let held = start
+    // The threads wait for the run window: a read lock held for writing
+    // until all exist (or one could not be created: `abort`).
+    let window = Arc::new(RwLock::new(RunWindow::default()));
+    let mut held = window
         .write()
-        .map_err(|_| anyhow::anyhow!("start lock poisoned"))?;
-    let stop = Arc::new(AtomicBool::new(false));
+        .map_err(|_| anyhow::anyhow!("run window lock poisoned"))?;
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
-        let thread_start = Arc::clone(&start);
-        let thread_stop = Arc::clone(&stop);
+        let window = Arc::clone(&window);
         let signal = config.signal;
-        // Spread the first expiries over one interval so that thousands of
-        // slow timers do not all fire in the same tick.
-        let first = interval.mul_f64((index + 1) as f64 / count as f64);
-        let handle = std::thread::Builder::new()
+        // Spread the deadlines of slow timers over one interval so that
+        // thousands of threads do not all fire in the same tick.
+        let offset = interval.mul_f64(index as f64 / count as f64);
+        let spawned = std::thread::Builder::new()
             .name(format!("storm-{index}"))
             .stack_size(THREAD_STACK_BYTES)
-            .spawn(move || storm_thread(signal, first, interval, &thread_start, &thread_stop))
-            .with_context(|| format!("creating storm thread {index}"));
-        match handle {
+            .spawn(move || storm_thread(signal, offset, interval, &window))
+            .with_context(|| format!("creating storm thread {index} of {count}"));
+        match spawned {
             Ok(handle) => handles.push(handle),
             Err(error) => {
-                // Release the threads already waiting, then report.
-                stop.store(true, Ordering::Relaxed);
+                held.abort = true;
                 drop(held);
                 for handle in handles {
                     let _ = handle.join();
@@ -142,16 +159,26 @@ fn run_threads(config: &StormConfig, interval: Duration) -> anyhow::Result<Storm
             }
         }
     }
+    let start = monotonic_now() + START_DELAY;
+    *held = RunWindow {
+        start,
+        end: start + config.duration,
+        abort: false,
+    };
     drop(held);
+    std::thread::sleep(START_DELAY);
     let started = Instant::now();
-    std::thread::sleep(config.duration);
-    stop.store(true, Ordering::Relaxed);
     let mut threads = Vec::with_capacity(count);
+    let mut failure = None;
     for handle in handles {
-        let thread = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("a storm thread panicked"))??;
-        threads.push(thread);
+        match handle.join() {
+            Ok(Ok(thread)) => threads.push(thread),
+            Ok(Err(error)) => failure = Some(error),
+            Err(_) => failure = Some(anyhow::anyhow!("a storm thread panicked")),
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
     }
     let elapsed = started.elapsed();
     let signals_total = threads.iter().map(|t| t.signals).sum::<u64>();
@@ -168,44 +195,37 @@ fn run_threads(config: &StormConfig, interval: Duration) -> anyhow::Result<Storm
 
 fn storm_thread(
     signal: i32,
-    first: Duration,
+    offset: Duration,
     interval: Duration,
-    start: &RwLock<()>,
-    stop: &AtomicBool,
+    window: &RwLock<RunWindow>,
 ) -> anyhow::Result<StormThread> {
     let tid = gettid();
     let timer = ThreadTimer::for_current_thread(signal)?;
-    drop(start.read());
-    if stop.load(Ordering::Relaxed) {
-        return Ok(StormThread {
-            tid,
-            signals: 0,
-            overruns: 0,
-        });
+    let window = *window
+        .read()
+        .map_err(|_| anyhow::anyhow!("run window lock poisoned"))?;
+    let mut signals = 0;
+    if window.abort {
+        return Ok(StormThread { tid, signals });
     }
-    timer.arm(first, interval)?;
     let set = signal_set(signal);
     let poll = libc::timespec {
         tv_sec: 0,
         tv_nsec: libc::c_long::from(POLL.subsec_nanos() as i32),
     };
-    let mut signals = 0;
-    let mut overruns = 0;
-    // SAFETY: an all-zero siginfo_t is valid; the kernel fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: valid pointers.
-        let rc = unsafe { libc::sigtimedwait(&raw const set, &raw mut info, &raw const poll) };
-        if rc == signal {
-            signals += 1;
-            overruns += timer_overrun(&info);
-        }
+    let mut deadline = window.start + offset;
+    while deadline < window.end {
+        timer.arm_at(deadline)?;
+        // SAFETY: valid pointers; the siginfo is not needed.
+        while unsafe { libc::sigtimedwait(&raw const set, std::ptr::null_mut(), &raw const poll) }
+            != signal
+        {}
+        signals += 1;
+        deadline = if interval == AS_FAST_AS_POSSIBLE {
+            monotonic_now()
+        } else {
+            deadline + interval
+        };
     }
-    drop(timer);
-    let (pending, pending_overruns) = consume_pending(signal);
-    Ok(StormThread {
-        tid,
-        signals: signals + pending,
-        overruns: overruns + pending_overruns,
-    })
+    Ok(StormThread { tid, signals })
 }

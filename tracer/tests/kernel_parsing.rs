@@ -88,6 +88,56 @@ fn corrupt_kallsyms_line_is_reported_with_file_and_line() {
     assert!(error.to_string().contains("constructed-corrupt.txt:2"));
 }
 
+/// The session's filtered reader resolves every probe target exactly as
+/// the full parse does, keeps nothing else, and reports the same errors.
+#[test]
+fn filtered_kallsyms_resolves_the_probe_targets_like_the_full_parse() {
+    let targets = [
+        "handle_guest_split_lock",
+        "handle_user_split_lock",
+        "split_lock_warn",
+        "msleep_interruptible",
+        "down_interruptible",
+    ];
+    for name in [
+        "linux-6.18.44-guest.txt",
+        "constructed-suffixed-split-lock-warn.txt",
+        "constructed-amd-no-split-lock.txt",
+        "constructed-kptr-restricted.txt",
+    ] {
+        let path = fixture(&format!("kallsyms/{name}"));
+        let full = Kallsyms::read(&path).unwrap();
+        let filtered = Kallsyms::read_for(&path, &targets).unwrap();
+        for target in targets {
+            assert_eq!(
+                filtered.resolve_probe_target(target),
+                full.resolve_probe_target(target),
+                "{name}: {target}"
+            );
+        }
+        assert_eq!(
+            filtered.addresses_hidden(),
+            full.addresses_hidden(),
+            "{name}"
+        );
+        assert!(
+            filtered.len() <= 2 * targets.len(),
+            "{name}: kept {}",
+            filtered.len()
+        );
+        assert!(
+            full.len() > filtered.len() || full.len() <= targets.len(),
+            "{name}"
+        );
+    }
+    let corrupt = fixture("kallsyms/constructed-corrupt.txt");
+    let error = Kallsyms::read_for(&corrupt, &targets).unwrap_err();
+    assert!(
+        error.to_string().contains("constructed-corrupt.txt:2"),
+        "{error}"
+    );
+}
+
 #[test]
 fn kvm_exit_layout_on_6_18_and_6_1() {
     let new = format("6.18.44", "kvm", "kvm_exit");

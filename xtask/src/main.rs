@@ -44,8 +44,12 @@ enum Task {
         #[arg(long)]
         no_vm: bool,
     },
-    /// Measure the tracer's cost on the KVM reproducer against bpftrace (target/bench/).
-    Bench,
+    /// Measure the tracer's cost, loss, CPU, memory and verdict latency against bpftrace and perf (target/bench/).
+    Bench {
+        /// One short repetition of every section (checks the benchmark runs; numbers not comparable).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build the static musl binary and the Debian package into target/dist/.
     Dist,
     /// Boot Debian's 6.1 and 6.12 kernels under QEMU and check every probe there.
@@ -71,7 +75,13 @@ fn main() {
             setup::test_prerequisites();
             test(no_lint, fuzz_seconds, no_vm)
         }),
-        Task::Bench => setup::run().and_then(|()| bench::run()),
+        Task::Bench { quick } => setup::run().and_then(|()| {
+            bench::run(if quick {
+                bench::BenchOptions::QUICK
+            } else {
+                bench::BenchOptions::FULL
+            })
+        }),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
         Task::VmTest => setup::run().and_then(|()| vm_test::run(false)),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),

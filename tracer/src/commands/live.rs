@@ -447,7 +447,7 @@ impl TraceLoop<'_> {
                         break;
                     }
                 }
-                result = session.wait_events(&mut events, Duration::from_millis(250)) => {
+                result = session.wait_events(&mut events, crate::session::RING_POLL) => {
                     result?;
                     events_this_interval += events.len() as u64;
                     for event in events.drain(..) {

@@ -76,11 +76,46 @@ impl Kallsyms {
         Self::parse(&text, path)
     }
 
+    /// Reads a kallsyms file line by line and keeps only the functions
+    /// [`Self::resolve_probe_target`] can return for `names` (the exact name
+    /// or a suffixed clone): the tracer needs five symbols of a file of
+    /// 100,000+, and holding them all costs tens of MiB at start-up.
+    pub fn read_for(path: &Path, names: &[&str]) -> Result<Self, KallsymsError> {
+        use std::io::BufRead as _;
+        let file = fs::File::open(path).map_err(|source| KallsymsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let lines = std::io::BufReader::new(file).lines().map(|line| {
+            line.map_err(|source| KallsymsError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        });
+        Self::collect(lines, path, |name| {
+            names.iter().any(|wanted| {
+                name.strip_prefix(wanted)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        })
+    }
+
     /// Parses kallsyms text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, KallsymsError> {
+        Self::collect(text.lines().map(Ok), origin, |_| true)
+    }
+
+    fn collect<L: AsRef<str>>(
+        lines: impl Iterator<Item = Result<L, KallsymsError>>,
+        origin: &Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Self, KallsymsError> {
         let mut kallsyms = Self::default();
         let mut any_address = false;
-        for (index, line) in text.lines().enumerate() {
+        let mut any_function = false;
+        for (index, line) in lines.enumerate() {
+            let line = line?;
+            let line = line.as_ref();
             if line.trim().is_empty() {
                 continue;
             }
@@ -91,13 +126,16 @@ impl Kallsyms {
             })?;
             any_address |= symbol.address != 0;
             if symbol.is_function() {
-                kallsyms
-                    .functions
-                    .entry(symbol.name.clone())
-                    .or_insert(symbol);
+                any_function = true;
+                if keep(&symbol.name) {
+                    kallsyms
+                        .functions
+                        .entry(symbol.name.clone())
+                        .or_insert(symbol);
+                }
             }
         }
-        kallsyms.addresses_hidden = !kallsyms.functions.is_empty() && !any_address;
+        kallsyms.addresses_hidden = any_function && !any_address;
         Ok(kallsyms)
     }
 

@@ -1,0 +1,834 @@
+//! `cargo xtask bench`: what the tracer costs and whether it loses anything,
+//! against bpftrace and perf measured in the same run.
+//!
+//! Sections (all in one invocation, results in `target/bench/`):
+//! * overhead: two workloads (the KVM reproducer with a 1 ms timer, and a
+//!   signal storm as fast as the machine delivers), each untraced and under
+//!   every observer, alternating (A B C D E A B C D E ...), medians and
+//!   spread;
+//! * loss: signal storms at fixed rates for 10 s under `tracer record` with
+//!   the default and a larger ring, the recording compared with the
+//!   storm's own counts and the tracer's in-kernel counters;
+//! * CPU: the tracer's CPU time at 1k events/s, outside start-up;
+//! * memory: peak RSS with 10,000 threads taking timer signals;
+//! * latency: onset to verdict on replayed modelled recordings;
+//! * start-up: spawn to all probes attached, against bpftrace's.
+
+mod observer;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use self::observer::{ObserverKind, Stopped, TracerOptions};
+use crate::{dist, setup};
+
+/// How the benchmark runs.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// Alternating repetitions of the overhead section.
+    pub repetitions: usize,
+    /// Seconds per overhead run.
+    pub overhead_seconds: u64,
+    /// Seconds per loss, CPU and memory run.
+    pub sustained_seconds: u64,
+}
+
+impl BenchOptions {
+    /// The full benchmark.
+    pub const FULL: Self = Self {
+        repetitions: 3,
+        overhead_seconds: 3,
+        sustained_seconds: 10,
+    };
+    /// A short run that exercises every section (numbers are not comparable).
+    pub const QUICK: Self = Self {
+        repetitions: 1,
+        overhead_seconds: 1,
+        sustained_seconds: 2,
+    };
+}
+
+/// Storm rates of the loss section (signals/s over two threads); `None`:
+/// as fast as the machine delivers.
+const LOSS_RATES: [Option<f64>; 5] = [
+    Some(10_000.0),
+    Some(30_000.0),
+    Some(100_000.0),
+    Some(200_000.0),
+    None,
+];
+/// The larger ring of the loss section, MiB (the default is 4 MiB).
+const LARGE_RING_MIB: u32 = 64;
+/// Threads of the memory section.
+const MANY_THREADS: u32 = 10_000;
+
+/// Fixed workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// `tracer repro --period 1ms`: 1 vCPU, every KVM_RUN ends in a timer
+    /// signal and an EINTR return.
+    KvmRepro,
+    /// `tracer signal-storm --threads 2`: timer signals as fast as delivered.
+    SignalStorm,
+}
+
+impl Workload {
+    fn describe(self, seconds: u64) -> String {
+        match self {
+            Self::KvmRepro => format!(
+                "`tracer repro --period 1ms -d {seconds}s` (1 vCPU, per-run 1 ms SIGUSR1 timer: every KVM_RUN ends in a signal and an EINTR exit); throughput = guest loop iterations/s"
+            ),
+            Self::SignalStorm => format!(
+                "`tracer signal-storm --threads 2 -d {seconds}s` (two threads, each re-arming a one-shot POSIX timer as soon as it took the last signal); throughput = timer signals/s"
+            ),
+        }
+    }
+
+    /// Runs it and returns (throughput, the workload's JSON).
+    fn run(self, tracer: &Path, seconds: u64) -> anyhow::Result<(f64, Value)> {
+        let duration = format!("{seconds}s");
+        let result = match self {
+            Self::KvmRepro => run_json(
+                Command::new(tracer).args(["repro", "--period", "1ms", "--json", "-d", &duration]),
+            )?,
+            Self::SignalStorm => storm(tracer, 2, None, seconds)?,
+        };
+        let throughput = match self {
+            Self::KvmRepro => {
+                let elapsed = result["elapsed_us"].as_f64().unwrap_or(1.0) / 1e6;
+                result["vcpus"][0]["guest_iterations"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / elapsed
+            }
+            Self::SignalStorm => result["signals_per_s"].as_f64().unwrap_or(0.0),
+        };
+        Ok((throughput, result))
+    }
+}
+
+fn run_json(command: &mut Command) -> anyhow::Result<Value> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("JSON from {command:?}"))
+}
+
+fn storm(tracer: &Path, threads: u32, rate: Option<f64>, seconds: u64) -> anyhow::Result<Value> {
+    let mut command = Command::new(tracer);
+    command
+        .args(["signal-storm", "--threads", &threads.to_string()])
+        .args(["-d", &format!("{seconds}s")]);
+    if let Some(rate) = rate {
+        command.args(["--rate", &rate.to_string()]);
+    }
+    run_json(&mut command)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
+
+fn machine() -> Value {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let version = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "hypervisor": read("/proc/cpuinfo").contains(" hypervisor"),
+        "bpftrace": version("bpftrace", "--version"),
+        "perf": version("perf", "--version"),
+    })
+}
+
+/// One overhead run.
+struct OverheadRun {
+    observer: Option<ObserverKind>,
+    throughput: f64,
+    cost: Option<Stopped>,
+}
+
+fn observer_label(observer: Option<ObserverKind>) -> &'static str {
+    observer.map_or("(a) untraced", ObserverKind::label)
+}
+
+fn overhead(
+    workload: Workload,
+    observers: &[ObserverKind],
+    tracer: &Path,
+    work: &Path,
+    options: BenchOptions,
+) -> anyhow::Result<Value> {
+    let conditions: Vec<Option<ObserverKind>> = std::iter::once(None)
+        .chain(observers.iter().copied().map(Some))
+        .collect();
+    let mut runs = Vec::new();
+    for repetition in 0..options.repetitions {
+        for &condition in &conditions {
+            eprintln!(
+                "xtask: bench overhead {workload:?} repetition {} {}",
+                repetition + 1,
+                observer_label(condition)
+            );
+            let observer = condition
+                .map(|kind| observer::start(kind, tracer, work, &TracerOptions::default()))
+                .transpose()?;
+            let (throughput, _) = workload.run(tracer, options.overhead_seconds)?;
+            let cost = observer.map(observer::Observer::stop).transpose()?;
+            if let Some(output) = cost.as_ref().and_then(|c| c.output.as_ref()) {
+                let _ = std::fs::remove_file(output);
+            }
+            runs.push(OverheadRun {
+                observer: condition,
+                throughput,
+                cost,
+            });
+        }
+    }
+    let rows: Vec<Value> = conditions
+        .iter()
+        .map(|&condition| {
+            let mine: Vec<&OverheadRun> = runs.iter().filter(|r| r.observer == condition).collect();
+            let throughput: Vec<f64> = mine.iter().map(|r| r.throughput).collect();
+            let costs: Vec<&Stopped> = mine.iter().filter_map(|r| r.cost.as_ref()).collect();
+            let cpu: Vec<f64> = costs.iter().map(|c| c.cpu_s).collect();
+            let startup: Vec<f64> = costs
+                .iter()
+                .filter_map(|c| c.startup.map(|d| d.as_secs_f64()))
+                .collect();
+            json!({
+                "condition": observer_label(condition),
+                "throughput_median": median(&throughput),
+                "throughput_min": throughput.iter().copied().reduce(f64::min),
+                "throughput_max": throughput.iter().copied().reduce(f64::max),
+                "observer_cpu_s": median(&cpu),
+                "observer_peak_rss_kib": costs.iter().map(|c| c.peak_rss_kib).max(),
+                "startup_s": median(&startup),
+            })
+        })
+        .collect();
+    let base = rows[0]["throughput_median"].as_f64().unwrap_or(1.0);
+    let ratio = |label: &str| {
+        rows.iter()
+            .find(|row| row["condition"] == label)
+            .and_then(|row| row["throughput_median"].as_f64())
+            .map(|value| value / base)
+    };
+    let record = ratio(ObserverKind::TracerRecord.label());
+    let bpftrace = ratio(ObserverKind::Bpftrace.label());
+    Ok(json!({
+        "workload": workload.describe(options.overhead_seconds),
+        "rows": rows,
+        "record_vs_untraced": record,
+        "bpftrace_vs_untraced": bpftrace,
+        "record_vs_bpftrace": record.zip(bpftrace).map(|(r, b)| r / b),
+        "live_vs_untraced": ratio(ObserverKind::TracerLive.label()),
+        "perf_vs_untraced": ratio(ObserverKind::PerfRecord.label()),
+    }))
+}
+
+/// What a recording says about a storm's threads.
+struct RecordingCounts {
+    /// `signal` events in the file per target thread.
+    recorded: HashMap<u32, u64>,
+    /// The summary line.
+    summary: Value,
+}
+
+fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingCounts> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut recorded = HashMap::new();
+    let mut summary = Value::Null;
+    const KEY: &str = "\"target_tid\":";
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        if line.starts_with("{\"type\":\"summary\"") {
+            summary = serde_json::from_str(&line).context("summary line")?;
+        } else if let Some(at) = line.find(KEY) {
+            let digits: String = line[at + KEY.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(tid) = digits.parse::<u32>()
+                && tids.contains(&tid)
+            {
+                *recorded.entry(tid).or_insert(0) += 1;
+            }
+        }
+    }
+    if summary.is_null() {
+        bail!("{}: no summary line", path.display());
+    }
+    Ok(RecordingCounts { recorded, summary })
+}
+
+fn sum_values(value: &Value) -> u64 {
+    value
+        .as_object()
+        .map_or(0, |map| map.values().filter_map(Value::as_u64).sum())
+}
+
+/// One storm under `tracer record`, compared with its ground truth.
+fn loss_run(
+    tracer: &Path,
+    work: &Path,
+    ring_mib: Option<u32>,
+    rate: Option<f64>,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let observer = observer::start(
+        ObserverKind::TracerRecord,
+        tracer,
+        work,
+        &TracerOptions { ring_mib },
+    )?;
+    let result = storm(tracer, 2, rate, seconds)?;
+    // Let the tracer drain what the last signals put in the ring.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = observer.stop()?;
+    let path = stopped.output.clone().context("recording path")?;
+    let threads = result["threads"].as_array().cloned().unwrap_or_default();
+    let tids: HashSet<u32> = threads
+        .iter()
+        .filter_map(|t| t["tid"].as_u64().and_then(|v| u32::try_from(v).ok()))
+        .collect();
+    let counts = read_recording(&path, &tids)?;
+    let _ = std::fs::remove_file(&path);
+    let counted: HashMap<u64, u64> = counts.summary["counted_threads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t["tid"].as_u64()?, t["kernel"]["timer_signals"].as_u64()?)))
+        .collect();
+    let truth: u64 = threads.iter().filter_map(|t| t["signals"].as_u64()).sum();
+    let kernel: u64 = tids
+        .iter()
+        .map(|&tid| counted.get(&u64::from(tid)).copied().unwrap_or(0))
+        .sum();
+    let recorded: u64 = counts.recorded.values().sum();
+    let losses = &counts.summary["losses"];
+    let ring_full = losses["ring_full"]["signal"].as_u64().unwrap_or(0);
+    let not_written = counts.summary["events_not_written"].as_u64().unwrap_or(0);
+    let undecodable = sum_values(&losses["undecodable"]);
+    let recursion = losses["recursion_misses"]["signal_generate"]
+        .as_u64()
+        .unwrap_or(0);
+    let reported = ring_full + not_written + undecodable;
+    Ok(json!({
+        "ring_mib": ring_mib.unwrap_or(4),
+        "target_rate": rate,
+        "achieved_rate": result["signals_per_s"],
+        "ground_truth": truth,
+        "in_kernel_counter": kernel,
+        "recorded": recorded,
+        "reported_ring_full": ring_full,
+        "reported_not_written": not_written,
+        "reported_undecodable": undecodable,
+        "reported_recursion_misses": recursion,
+        // Events the kernel never ran the program for (and did not count
+        // as a recursion miss): ground truth minus the in-kernel counter.
+        "kernel_skipped_unreported": truth.saturating_sub(kernel + recursion),
+        // The tracer's own accounting: what its programs counted is either
+        // in the file or reported lost.
+        "exact": kernel == recorded + reported,
+        "complete": recorded == truth && reported + recursion == 0,
+        "tracer_cpu_s": stopped.cpu_s,
+        "tracer_peak_rss_kib": stopped.peak_rss_kib,
+    }))
+}
+
+/// The tracer's CPU share of one core over a steady storm at `rate`.
+fn cpu_at_rate(
+    kind: ObserverKind,
+    tracer: &Path,
+    work: &Path,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let observer = observer::start(kind, tracer, work, &TracerOptions::default())?;
+    // Past start-up: wait for the first quiet moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = observer::cpu_ns(observer.pid())?;
+    let started = Instant::now();
+    let result = storm(tracer, 1, Some(rate), seconds)?;
+    let after = observer::cpu_ns(observer.pid())?;
+    let wall = started.elapsed();
+    let stopped = observer.stop()?;
+    if let Some(output) = &stopped.output {
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(json!({
+        "observer": kind.label(),
+        "events_per_s": result["signals_per_s"],
+        "cpu_percent_of_one_core": (after - before) as f64 / wall.as_nanos() as f64 * 100.0,
+    }))
+}
+
+/// Peak RSS of an observer while `MANY_THREADS` threads take timer signals.
+fn memory_with_many_threads(
+    kind: ObserverKind,
+    tracer: &Path,
+    work: &Path,
+    seconds: u64,
+) -> anyhow::Result<Value> {
+    let observer = observer::start(kind, tracer, work, &TracerOptions::default())?;
+    let result = storm(tracer, MANY_THREADS, Some(f64::from(MANY_THREADS)), seconds)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = observer.stop()?;
+    let storm_tids: HashSet<u64> = result["threads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["tid"].as_u64())
+        .collect();
+    let seen = match kind {
+        ObserverKind::TracerRecord => {
+            let path = stopped.output.clone().context("recording path")?;
+            let counts = read_recording(&path, &HashSet::new())?;
+            let _ = std::fs::remove_file(&path);
+            counts.summary["counted_threads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    t["tid"]
+                        .as_u64()
+                        .is_some_and(|tid| storm_tids.contains(&tid))
+                })
+                .count()
+        }
+        ObserverKind::Bpftrace => observer::bpftrace_timer_counts(&stopped.stdout)
+            .keys()
+            .filter(|&&tid| storm_tids.contains(&u64::from(tid)))
+            .count(),
+        ObserverKind::TracerLive | ObserverKind::PerfRecord => 0,
+    };
+    if let Some(output) = &stopped.output {
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(json!({
+        "observer": kind.label(),
+        "threads": MANY_THREADS,
+        "threads_seen": (seen > 0).then_some(seen),
+        "peak_rss_kib": stopped.peak_rss_kib,
+    }))
+}
+
+/// Onset to verdict on a replayed modelled recording.
+fn latency(tracer: &Path, work: &Path, probes: &str) -> anyhow::Result<Value> {
+    let path = work.join(format!("latency-{probes}.jsonl"));
+    let simulated = run_json(
+        Command::new(tracer)
+            .args(["simulate", "--force", "--probes", probes, "-o"])
+            .arg(&path),
+    )?;
+    let punishment_from = simulated["punishment_from_ns"]
+        .as_u64()
+        .context("punishment_from_ns")?;
+    // The first event of the pattern: the first trap after the host starts
+    // punishing (split_lock_trap with kprobes, the #AC VM exit without).
+    let pattern_event = if probes == "full" {
+        "\"event\":\"split_lock_trap\""
+    } else {
+        "\"event\":\"vm_exit\""
+    };
+    let mut onset = None;
+    for line in std::io::BufReader::new(std::fs::File::open(&path)?).lines() {
+        let line = line?;
+        if !line.contains(pattern_event) {
+            continue;
+        }
+        let event: Value = serde_json::from_str(&line)?;
+        if let Some(ts) = event["ts_ns"].as_u64()
+            && ts >= punishment_from
+        {
+            onset = Some(ts);
+            break;
+        }
+    }
+    let onset = onset.context("no pattern event after the punishment starts")?;
+    let started = Instant::now();
+    let report = run_json(
+        Command::new(tracer)
+            .args(["report", "--format", "json"])
+            .arg(&path),
+    )?;
+    let replay_wall = started.elapsed();
+    let changes = report["verdict_changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let early = changes
+        .iter()
+        .filter(|c| c["to"] == "livelock")
+        .filter_map(|c| c["ts_ns"].as_u64())
+        .find(|&ts| ts < punishment_from);
+    let verdict = changes
+        .iter()
+        .filter(|c| c["to"] == "livelock")
+        .filter_map(|c| c["ts_ns"].as_u64())
+        .find(|&ts| ts >= punishment_from)
+        .context("no LIVELOCK verdict after the onset")?;
+    Ok(json!({
+        "probes": probes,
+        "events": simulated["events"],
+        "onset_ns": onset,
+        "verdict_ns": verdict,
+        "latency_ms": (verdict - onset) as f64 / 1e6,
+        "livelock_before_onset": early.is_some(),
+        "replay_wall_s": replay_wall.as_secs_f64(),
+    }))
+}
+
+/// Runs the benchmark.
+pub fn run(options: BenchOptions) -> anyhow::Result<()> {
+    setup::apt_package("bpftrace", "bpftrace", "--version");
+    setup::apt_package("linux-perf", "perf", "--version");
+    let works = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let mut observers = vec![ObserverKind::TracerRecord, ObserverKind::TracerLive];
+    let mut skipped = Vec::new();
+    if works("bpftrace") {
+        observers.push(ObserverKind::Bpftrace);
+    } else {
+        skipped.push("bpftrace: not installed and apt-get could not install it");
+    }
+    if works("perf") {
+        observers.push(ObserverKind::PerfRecord);
+    } else {
+        skipped.push("perf: not installed and apt-get could not install it");
+    }
+    for reason in &skipped {
+        eprintln!("xtask: bench: SKIP peer {reason}");
+    }
+    let tracer: PathBuf = dist::run()?.binary;
+    let work = setup::workspace_root()?.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    let seconds = options.sustained_seconds;
+
+    let mut overheads = Vec::new();
+    for workload in [Workload::KvmRepro, Workload::SignalStorm] {
+        overheads.push(overhead(workload, &observers, &tracer, &work, options)?);
+    }
+    let mut loss = Vec::new();
+    for ring in [None, Some(LARGE_RING_MIB)] {
+        for rate in LOSS_RATES {
+            eprintln!("xtask: bench loss ring {ring:?} MiB rate {rate:?}");
+            loss.push(loss_run(&tracer, &work, ring, rate, seconds)?);
+        }
+    }
+    let mut cpu = Vec::new();
+    for &kind in &observers {
+        eprintln!("xtask: bench CPU at 1k events/s {}", kind.label());
+        cpu.push(cpu_at_rate(kind, &tracer, &work, 1000.0, seconds)?);
+    }
+    let mut memory = Vec::new();
+    for &kind in &observers {
+        eprintln!(
+            "xtask: bench memory with {MANY_THREADS} threads {}",
+            kind.label()
+        );
+        memory.push(memory_with_many_threads(kind, &tracer, &work, seconds)?);
+    }
+    let latencies = vec![
+        latency(&tracer, &work, "full")?,
+        latency(&tracer, &work, "tracepoint-only")?,
+    ];
+    let results = json!({
+        "machine": machine(),
+        "options": {
+            "repetitions": options.repetitions,
+            "overhead_seconds": options.overhead_seconds,
+            "sustained_seconds": options.sustained_seconds,
+        },
+        "skipped_peers": skipped,
+        "overhead": overheads,
+        "loss": loss,
+        "cpu_at_1k_events_per_s": cpu,
+        "memory_with_many_threads": memory,
+        "latency": latencies,
+    });
+    let markdown = render(&results);
+    println!("{markdown}");
+    std::fs::write(work.join("results.md"), &markdown)?;
+    std::fs::write(
+        work.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("bench: results in {}", work.display());
+    Ok(())
+}
+
+fn fmt_opt(value: &Value, digits: usize) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn mib(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |kib| format!("{:.1}", kib / 1024.0))
+}
+
+fn met(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// The markdown report: one table per section, then the targets.
+fn render(results: &Value) -> String {
+    let mut out = format!("Machine: {}.\n", results["machine"]);
+    let options = &results["options"];
+    let _ = writeln!(
+        out,
+        "Repetitions: {} alternating runs per condition of {} s (overhead); {} s per loss, CPU and memory run.",
+        options["repetitions"], options["overhead_seconds"], options["sustained_seconds"]
+    );
+    for reason in results["skipped_peers"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "\nSKIPPED peer: {}", reason.as_str().unwrap_or(""));
+    }
+    let empty = Vec::new();
+    for section in results["overhead"].as_array().unwrap_or(&empty) {
+        let _ = write!(
+            out,
+            "\n### Overhead: {}\n\n| condition | throughput (median) | min..max | vs untraced | observer CPU s | observer peak RSS MiB | start-up s |\n|---|---|---|---|---|---|---|\n",
+            section["workload"].as_str().unwrap_or("")
+        );
+        let rows = section["rows"].as_array().unwrap_or(&empty);
+        let base = rows
+            .first()
+            .and_then(|row| row["throughput_median"].as_f64())
+            .unwrap_or(1.0);
+        for row in rows {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} | {} |",
+                row["condition"].as_str().unwrap_or(""),
+                row["throughput_median"].as_f64().unwrap_or(0.0),
+                row["throughput_min"].as_f64().unwrap_or(0.0),
+                row["throughput_max"].as_f64().unwrap_or(0.0),
+                row["throughput_median"].as_f64().unwrap_or(0.0) / base,
+                fmt_opt(&row["observer_cpu_s"], 3),
+                mib(&row["observer_peak_rss_kib"]),
+                fmt_opt(&row["startup_s"], 2),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nRatios of medians: (b)/(a) {}, (d)/(a) {}, (b)/(d) {}.",
+            fmt_opt(&section["record_vs_untraced"], 3),
+            fmt_opt(&section["bpftrace_vs_untraced"], 3),
+            fmt_opt(&section["record_vs_bpftrace"], 3),
+        );
+    }
+    out.push_str(
+        "\n### Loss: signal storms (2 threads) under `tracer record`\n\n\
+         | ring MiB | target/s | achieved/s | ground truth | in-kernel counter | recorded | reported lost (ring, queue, undecodable) | recursion misses | skipped by the kernel, unreported | exact | complete |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in results["loss"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {} | {}, {}, {} | {} | {} | {} | {} |",
+            row["ring_mib"],
+            row["target_rate"]
+                .as_f64()
+                .map_or_else(|| "max".to_owned(), |v| format!("{v:.0}")),
+            row["achieved_rate"].as_f64().unwrap_or(0.0),
+            row["ground_truth"],
+            row["in_kernel_counter"],
+            row["recorded"],
+            row["reported_ring_full"],
+            row["reported_not_written"],
+            row["reported_undecodable"],
+            row["reported_recursion_misses"],
+            row["kernel_skipped_unreported"],
+            if row["exact"] == true {
+                "yes"
+            } else {
+                "**no**"
+            },
+            if row["complete"] == true { "yes" } else { "no" },
+        );
+    }
+    out.push_str("\n### Userspace CPU at 1k events/s (one storm thread, after start-up)\n\n| observer | events/s | CPU % of one core |\n|---|---|---|\n");
+    for row in results["cpu_at_1k_events_per_s"]
+        .as_array()
+        .unwrap_or(&empty)
+    {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} |",
+            row["observer"].as_str().unwrap_or(""),
+            row["events_per_s"].as_f64().unwrap_or(0.0),
+            row["cpu_percent_of_one_core"].as_f64().unwrap_or(0.0),
+        );
+    }
+    let _ = write!(
+        out,
+        "\n### Memory with {MANY_THREADS} threads taking timer signals (1/s each)\n\n| observer | threads seen | peak RSS MiB |\n|---|---|---|\n"
+    );
+    for row in results["memory_with_many_threads"]
+        .as_array()
+        .unwrap_or(&empty)
+    {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            row["observer"].as_str().unwrap_or(""),
+            row["threads_seen"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            mib(&row["peak_rss_kib"]),
+        );
+    }
+    out.push_str("\n### Verdict latency on replayed modelled recordings (`tracer simulate`: healthy 5 s, then the host punishes; 1 ms timer, HZ 250)\n\n| probes | events | onset to LIVELOCK (trace time) ms | LIVELOCK before onset | replay wall s |\n|---|---|---|---|---|\n");
+    for row in results["latency"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {} | {:.2} |",
+            row["probes"].as_str().unwrap_or(""),
+            row["events"],
+            row["latency_ms"].as_f64().unwrap_or(0.0),
+            if row["livelock_before_onset"] == true {
+                "**yes**"
+            } else {
+                "no"
+            },
+            row["replay_wall_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    out.push_str(&render_targets(results));
+    out
+}
+
+fn render_targets(results: &Value) -> String {
+    let empty = Vec::new();
+    let mut out = String::from("\n### Targets\n\n| target | measured | |\n|---|---|---|\n");
+    for section in results["overhead"].as_array().unwrap_or(&empty) {
+        let record = section["record_vs_untraced"].as_f64();
+        let bpftrace = section["bpftrace_vs_untraced"].as_f64();
+        let name = section["workload"]
+            .as_str()
+            .unwrap_or("")
+            .split('`')
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let ok = record
+            .zip(bpftrace)
+            .map(|(r, b)| (1.0 - r) <= (1.0 - b).max(0.0) / 2.0);
+        let _ = writeln!(
+            out,
+            "| overhead at most half of bpftrace's ({name}) | tracer record {}%, bpftrace {}% | {} |",
+            record.map_or("-".into(), |r| format!("{:.1}", (1.0 - r) * 100.0)),
+            bpftrace.map_or("-".into(), |b| format!("{:.1}", (1.0 - b) * 100.0)),
+            met(ok),
+        );
+    }
+    let at_100k = results["loss"].as_array().and_then(|rows| {
+        rows.iter()
+            .find(|row| row["ring_mib"] == 4 && row["target_rate"].as_f64() == Some(100_000.0))
+    });
+    let _ = writeln!(
+        out,
+        "| zero loss at 100k events/s on 2 cores (default ring) | {} | {} |",
+        at_100k.map_or("-".into(), |row| format!(
+            "recorded {} of {}, tracer-reported lost {}, skipped by the kernel {}",
+            row["recorded"],
+            row["ground_truth"],
+            row["reported_ring_full"].as_u64().unwrap_or(0)
+                + row["reported_not_written"].as_u64().unwrap_or(0)
+                + row["reported_undecodable"].as_u64().unwrap_or(0),
+            row["kernel_skipped_unreported"],
+        )),
+        met(at_100k.map(|row| row["complete"] == true)),
+    );
+    for row in results["cpu_at_1k_events_per_s"]
+        .as_array()
+        .unwrap_or(&empty)
+    {
+        let label = row["observer"].as_str().unwrap_or("");
+        if !label.contains("tracer") {
+            continue;
+        }
+        let percent = row["cpu_percent_of_one_core"].as_f64();
+        let _ = writeln!(
+            out,
+            "| userspace CPU under 2% of a core at 1k events/s ({label}) | {}% | {} |",
+            percent.map_or("-".into(), |p| format!("{p:.2}")),
+            met(percent.map(|p| p < 2.0)),
+        );
+    }
+    for row in results["latency"].as_array().unwrap_or(&empty) {
+        let latency = row["latency_ms"].as_f64();
+        let _ = writeln!(
+            out,
+            "| verdict within 1 s of onset ({}) | {} ms in trace time (+ up to one refresh interval, 1 s by default, until the live view or /metrics shows it) | {} |",
+            row["probes"].as_str().unwrap_or(""),
+            latency.map_or("-".into(), |l| format!("{l:.2}")),
+            met(latency.map(|l| l < 1000.0 && row["livelock_before_onset"] != true)),
+        );
+    }
+    for row in results["memory_with_many_threads"]
+        .as_array()
+        .unwrap_or(&empty)
+    {
+        let label = row["observer"].as_str().unwrap_or("");
+        if !label.contains("tracer") {
+            continue;
+        }
+        let rss = row["peak_rss_kib"].as_f64();
+        let _ = writeln!(
+            out,
+            "| peak RSS under 50 MiB with {MANY_THREADS} threads ({label}) | {} MiB | {} |",
+            rss.map_or("-".into(), |kib| format!("{:.1}", kib / 1024.0)),
+            met(rss.map(|kib| kib < 50.0 * 1024.0)),
+        );
+    }
+    out
+}

@@ -1,0 +1,309 @@
+//! The observers the benchmark compares: the tracer (`record`, `live`),
+//! bpftrace counting the same tracepoints, and `perf record` writing them.
+//! Each is started, waited for until attached where it says so, and
+//! stopped with SIGINT; its CPU time and peak RSS come from `wait4`.
+
+use std::{
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The bpftrace peer: counts, per thread, the events the tracer takes from
+/// the same tracepoints (timer signals by target, KVM_RUN returns, VM exits).
+const BPFTRACE_SCRIPT: &str = r#"
+BEGIN { printf("attached\n"); }
+tracepoint:signal:signal_generate /args->code == -2/ { @timer[args->pid] = count(); }
+tracepoint:kvm:kvm_userspace_exit { @exits[tid, args->errno] = count(); }
+tracepoint:kvm:kvm_exit { @vmexits[tid] = count(); }
+"#;
+
+/// How long `perf record` gets to open its events: it does not say when it
+/// has (measured here: well under a second).
+const PERF_SETTLE: Duration = Duration::from_secs(1);
+
+/// Who observes the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObserverKind {
+    /// `tracer record -o FILE`.
+    TracerRecord,
+    /// `tracer live --json` into a pipe that is read and discarded.
+    TracerLive,
+    /// bpftrace counting the same events per thread.
+    Bpftrace,
+    /// `perf record -a` of the same tracepoints.
+    PerfRecord,
+}
+
+impl ObserverKind {
+    /// Row label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TracerRecord => "(b) tracer record",
+            Self::TracerLive => "(c) tracer live --json to a pipe",
+            Self::Bpftrace => "(d) bpftrace counting the same events",
+            Self::PerfRecord => "(e) perf record -a of the same tracepoints",
+        }
+    }
+}
+
+/// A running observer.
+pub struct Observer {
+    child: Child,
+    /// Spawn to attached, where the observer tells.
+    pub startup: Option<Duration>,
+    /// The recording (`tracer record`) or perf.data.
+    pub output: Option<PathBuf>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// What an observer cost and left behind.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    /// User + system CPU seconds over its whole life.
+    pub cpu_s: f64,
+    /// Peak resident set, KiB.
+    pub peak_rss_kib: u64,
+    /// Spawn to attached.
+    pub startup: Option<Duration>,
+    /// Its output file, if any.
+    pub output: Option<PathBuf>,
+    /// What it printed (bpftrace's maps).
+    pub stdout: String,
+}
+
+/// Options of a tracer observer.
+#[derive(Clone, Debug, Default)]
+pub struct TracerOptions {
+    /// `--ring-mib`.
+    pub ring_mib: Option<u32>,
+}
+
+/// Starts `kind` and waits until it is attached (or, for perf, settled).
+pub fn start(
+    kind: ObserverKind,
+    tracer: &Path,
+    work: &Path,
+    options: &TracerOptions,
+) -> anyhow::Result<Observer> {
+    let started = Instant::now();
+    let stdout = Arc::new(Mutex::new(String::new()));
+    match kind {
+        ObserverKind::TracerRecord => {
+            let file = work.join("bench.jsonl");
+            let _ = std::fs::remove_file(&file);
+            let mut command = Command::new(tracer);
+            command
+                .args(["record", "-d", "1h", "-i", "1h", "-o"])
+                .arg(&file);
+            if let Some(mib) = options.ring_mib {
+                command.args(["--ring-mib", &mib.to_string()]);
+            }
+            let mut child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting tracer record")?;
+            // The metadata line is written once every probe is attached.
+            wait_until(&mut child, "tracer record", || {
+                std::fs::read_to_string(&file).is_ok_and(|text| text.contains('\n'))
+            })?;
+            Ok(Observer {
+                child,
+                startup: Some(started.elapsed()),
+                output: Some(file),
+                stdout,
+            })
+        }
+        ObserverKind::TracerLive => {
+            let mut command = Command::new(tracer);
+            command.args(["live", "--json", "-i", "1s", "-d", "1h"]);
+            if let Some(mib) = options.ring_mib {
+                command.args(["--ring-mib", &mib.to_string()]);
+            }
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting tracer live")?;
+            // The first line comes one interval after attaching: wait for
+            // it, but it is not a start-up time.
+            let first = drain_lines(&mut child, Arc::clone(&stdout), |_| true, false)?;
+            first
+                .recv_timeout(Duration::from_mins(1))
+                .context("tracer live printed nothing in 60 s")?;
+            Ok(Observer {
+                child,
+                startup: None,
+                output: None,
+                stdout,
+            })
+        }
+        ObserverKind::Bpftrace => {
+            let mut child = Command::new("bpftrace")
+                .arg("-e")
+                .arg(BPFTRACE_SCRIPT)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace")?;
+            let attached = drain_lines(
+                &mut child,
+                Arc::clone(&stdout),
+                |line| line.contains("attached"),
+                true,
+            )?;
+            attached
+                .recv_timeout(Duration::from_mins(1))
+                .context("bpftrace did not attach in 60 s")?;
+            Ok(Observer {
+                child,
+                startup: Some(started.elapsed()),
+                output: None,
+                stdout,
+            })
+        }
+        ObserverKind::PerfRecord => {
+            let file = work.join("perf.data");
+            let _ = std::fs::remove_file(&file);
+            let mut child = Command::new("perf")
+                .args(["record", "-a", "-q", "-o"])
+                .arg(&file)
+                .args([
+                    "-e",
+                    "signal:signal_generate",
+                    "--filter",
+                    "code == -2",
+                    "-e",
+                    "kvm:kvm_userspace_exit",
+                    "-e",
+                    "kvm:kvm_exit",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting perf record")?;
+            std::thread::sleep(PERF_SETTLE);
+            if let Some(status) = child.try_wait()? {
+                bail!("perf record exited early with {status}");
+            }
+            Ok(Observer {
+                child,
+                startup: None,
+                output: Some(file),
+                stdout,
+            })
+        }
+    }
+}
+
+/// Reads the child's stdout on a thread into `sink`; the receiver gets one
+/// message at the first line for which `ready` holds.
+fn drain_lines(
+    child: &mut Child,
+    sink: Arc<Mutex<String>>,
+    ready: fn(&str) -> bool,
+    keep: bool,
+) -> anyhow::Result<mpsc::Receiver<()>> {
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut told = false;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !told && ready(&line) {
+                let _ = tx.send(());
+                told = true;
+            }
+            if keep && let Ok(mut sink) = sink.lock() {
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn wait_until(child: &mut Child, what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited early with {status}");
+        }
+        if started.elapsed() > Duration::from_mins(1) {
+            bail!("{what} did not become ready in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+impl Observer {
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it with SIGINT, reaps it and returns what it cost.
+    pub fn stop(self) -> anyhow::Result<Stopped> {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling and reaping our own child.
+        let usage = unsafe {
+            libc::kill(pid, libc::SIGINT);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::wait4(pid, &raw mut status, 0, &raw mut usage) < 0 {
+                bail!("wait4 {pid}: {}", std::io::Error::last_os_error());
+            }
+            usage
+        };
+        // The reader thread sees EOF once the child is gone.
+        std::thread::sleep(Duration::from_millis(50));
+        let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+        let stdout = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok(Stopped {
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            startup: self.startup,
+            output: self.output,
+            stdout,
+        })
+    }
+}
+
+/// CPU time (ns) of every thread of `pid` so far, from
+/// `/proc/PID/task/*/schedstat` (nanosecond resolution).
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let path = entry?.path().join("schedstat");
+        // A thread may be gone between the listing and the read.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|field| field.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// bpftrace's `@timer[tid]` counts from its final map dump.
+pub fn bpftrace_timer_counts(stdout: &str) -> std::collections::HashMap<u32, u64> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("@timer[")?;
+            let (tid, count) = rest.split_once("]:")?;
+            Some((tid.trim().parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect()
+}
