@@ -349,8 +349,10 @@ pub struct TracerConfig {
     /// Only trace this thread group (0 = all). Signals are filtered by target
     /// thread instead, since their context is the sender.
     pub filter_tgid: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Byte offset of `pid` in `struct task_struct` (from the kernel's BTF),
+    /// for the raw-tracepoint `signal_generate` program; [`FIELD_ABSENT`]
+    /// when unknown (then only the perf tracepoint program is used).
+    pub task_pid_offset: u32,
     /// `signal:signal_generate` layout on the running kernel.
     pub signal_generate: SignalGenerateLayout,
     /// `kvm:kvm_userspace_exit` layout on the running kernel.
@@ -363,7 +365,7 @@ impl TracerConfig {
     /// A configuration with every field absent; the loader fills it in.
     pub const UNSET: Self = Self {
         filter_tgid: 0,
-        reserved: 0,
+        task_pid_offset: FIELD_ABSENT,
         signal_generate: SignalGenerateLayout {
             sig: FIELD_ABSENT,
             errno: FIELD_ABSENT,

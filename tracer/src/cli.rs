@@ -77,6 +77,9 @@ pub struct TraceArgs {
     /// Ring-buffer size in MiB (power of two).
     #[arg(long = "ring-mib", value_parser = parse_ring_mib)]
     pub ring_mib: Option<u32>,
+    /// Take signals through the perf tracepoint, not the raw one (for comparisons).
+    #[arg(long = "no-raw-tracepoint", hide = true)]
+    pub no_raw_tracepoint: bool,
 }
 
 /// `tracer live`.

@@ -11,6 +11,7 @@ fn main() {
                 pid: None,
                 duration: None,
                 ring_mib: None,
+                no_raw_tracepoint: false,
             },
             interval: std::time::Duration::from_secs(1),
             vm: None,

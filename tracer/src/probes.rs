@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +24,10 @@ pub enum ProbeKind {
     Kprobe,
     /// Function return (needs CONFIG_KPROBES).
     Kretprobe,
-    /// Static tracepoint.
+    /// Static tracepoint (through perf).
     Tracepoint,
+    /// Static tracepoint, raw (`BPF_PROG_TYPE_RAW_TRACEPOINT`).
+    RawTracepoint,
 }
 
 impl fmt::Display for ProbeKind {
@@ -34,6 +36,7 @@ impl fmt::Display for ProbeKind {
             Self::Kprobe => "kprobe",
             Self::Kretprobe => "kretprobe",
             Self::Tracepoint => "tracepoint",
+            Self::RawTracepoint => "raw_tracepoint",
         })
     }
 }
@@ -52,12 +55,18 @@ pub struct ProbeSpec {
 }
 
 /// Every probe, in attach order.
-pub const PROBES: [ProbeSpec; 9] = [
+pub const PROBES: [ProbeSpec; 10] = [
+    ProbeSpec {
+        program: "signal_generate_raw",
+        kind: ProbeKind::RawTracepoint,
+        target: "signal_generate",
+        role: "timer signals to vCPU threads, SIGBUS/BUS_ADRALN (skipped runs are counted)",
+    },
     ProbeSpec {
         program: "signal_generate",
         kind: ProbeKind::Tracepoint,
         target: "signal:signal_generate",
-        role: "timer signals to vCPU threads, SIGBUS/BUS_ADRALN",
+        role: "the same through perf, when the raw tracepoint cannot attach",
     },
     ProbeSpec {
         program: "kvm_userspace_exit",
@@ -212,6 +221,19 @@ impl ProbeReport {
         }
     }
 
+    /// Number of probes that could be attached here: every probe but a
+    /// fallback whose primary is attached.
+    pub fn usable_count(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|entry| {
+                !FALLBACKS
+                    .iter()
+                    .any(|(fallback, primary)| entry.program == *fallback && self.attached(primary))
+            })
+            .count()
+    }
+
     /// Number of attached probes.
     pub fn attached_count(&self) -> usize {
         self.entries
@@ -254,13 +276,35 @@ pub struct AttachContext<'a> {
     /// Tracepoints whose format could not be read, with the reason; they
     /// are not attached (their programs would read unknown offsets).
     pub unreadable_formats: Vec<(String, String)>,
+    /// Whether `task_struct.pid`'s offset is known (the raw-tracepoint
+    /// `signal_generate` program needs it), and if not why.
+    pub task_pid_offset: Result<u32, String>,
 }
+
+/// Perf tracepoint programs that stand in for a raw tracepoint program.
+const FALLBACKS: [(&str, &str); 1] = [("signal_generate", "signal_generate_raw")];
 
 /// Loads and attaches every probe independently.
 pub fn attach_all(ebpf: &mut Ebpf, context: &AttachContext<'_>) -> ProbeReport {
     let mut entries = Vec::new();
     for spec in PROBES.iter().chain(std::iter::once(&SPLIT_LOCK_WARN)) {
+        let replaced_by = FALLBACKS
+            .iter()
+            .find(|(fallback, _)| *fallback == spec.program)
+            .map(|(_, primary)| *primary)
+            .filter(|primary| {
+                entries.iter().any(|entry: &ProbeReportEntry| {
+                    entry.program == *primary && entry.status.is_attached()
+                })
+            });
         let status = match spec.kind {
+            _ if replaced_by.is_some() => ProbeStatus::Unavailable {
+                reason: format!(
+                    "not needed: {} (raw tracepoint) is attached",
+                    replaced_by.unwrap_or_default()
+                ),
+            },
+            ProbeKind::RawTracepoint => attach_raw_tracepoint(ebpf, spec, context),
             ProbeKind::Tracepoint => match context
                 .unreadable_formats
                 .iter()
@@ -336,6 +380,45 @@ fn attach_tracepoint(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs: Option<&Path>) 
             target: spec.target.to_owned(),
         },
         Err(error) => ProbeStatus::Failed {
+            reason: format!("attach: {}", error_chain(&error)),
+        },
+    }
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    context: &AttachContext<'_>,
+) -> ProbeStatus {
+    let Some(program) = ebpf.program_mut(spec.program) else {
+        return ProbeStatus::Failed {
+            reason: format!("program {} missing from the eBPF object", spec.program),
+        };
+    };
+    let program: &mut RawTracePoint = match program.try_into() {
+        Ok(program) => program,
+        Err(error) => {
+            return ProbeStatus::Failed {
+                reason: error_chain(&error),
+            };
+        }
+    };
+    // Load even where it will not attach: it proves the verifier accepts it.
+    if let Err(error) = program.load() {
+        return ProbeStatus::Failed {
+            reason: format!("load: {}", error_chain(&error)),
+        };
+    }
+    if let Err(reason) = &context.task_pid_offset {
+        return ProbeStatus::Unavailable {
+            reason: format!("loaded; task_struct.pid offset unknown: {reason}"),
+        };
+    }
+    match program.attach(spec.target) {
+        Ok(_) => ProbeStatus::Attached {
+            target: spec.target.to_owned(),
+        },
+        Err(error) => ProbeStatus::Unavailable {
             reason: format!("attach: {}", error_chain(&error)),
         },
     }

@@ -36,6 +36,9 @@ pub struct SessionOptions {
     pub pid: Option<u32>,
     /// Ring-buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: Option<u32>,
+    /// Take signals through the perf tracepoint even where the raw one
+    /// would attach (`--no-raw-tracepoint`, for comparisons).
+    pub no_raw_tracepoint: bool,
 }
 
 /// Why a tracepoint layout could not be read (the probe is then skipped).
@@ -204,7 +207,15 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     check_privileges()?;
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted().ok();
-    let (config, layout_problems) = read_config(tracefs.as_deref(), options.pid);
+    let (mut config, layout_problems) = read_config(tracefs.as_deref(), options.pid);
+    let task_pid_offset = if options.no_raw_tracepoint {
+        Err("not used: --no-raw-tracepoint".to_owned())
+    } else {
+        crate::kernel::btf::task_pid_offset().map_err(|error| error.to_string())
+    };
+    if let Ok(offset) = task_pid_offset {
+        config.task_pid_offset = offset;
+    }
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_GLOBAL, &config, true);
     if let Some(bytes) = options.ring_bytes {
@@ -227,6 +238,7 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
             .iter()
             .map(|problem| (problem.event.clone(), problem.reason.clone()))
             .collect(),
+        task_pid_offset,
     };
     let report = probes::attach_all(&mut ebpf, &context);
     Ok(AttachedProbes {

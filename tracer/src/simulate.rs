@@ -340,13 +340,21 @@ pub fn modelled_metadata(probes: ProbeSet, start_ns: u64) -> crate::recording::M
         .iter()
         .chain(std::iter::once(&crate::probes::SPLIT_LOCK_WARN))
         .map(|spec| {
-            let tracepoint = spec.kind == crate::probes::ProbeKind::Tracepoint;
+            let tracepoint = matches!(
+                spec.kind,
+                crate::probes::ProbeKind::Tracepoint | crate::probes::ProbeKind::RawTracepoint
+            );
             ProbeReportEntry {
                 program: spec.program.to_owned(),
                 kind: spec.kind,
                 target: spec.target.to_owned(),
                 role: spec.role.to_owned(),
-                status: if tracepoint || probes == ProbeSet::Full {
+                status: if spec.program == "signal_generate" {
+                    ProbeStatus::Unavailable {
+                        reason: "not needed: signal_generate_raw (raw tracepoint) is attached"
+                            .into(),
+                    }
+                } else if tracepoint || probes == ProbeSet::Full {
                     ProbeStatus::Attached {
                         target: spec.target.to_owned(),
                     }

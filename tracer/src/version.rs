@@ -9,6 +9,7 @@ pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("TRACER_GIT_COMMIT"),
-    ")\nkernel features used: kprobe/kretprobe (optional), tracepoints signal:signal_generate, \
+    ")\nkernel features used: kprobe/kretprobe (optional), raw tracepoint signal_generate (BTF) \
+     or tracepoint signal:signal_generate, \
      kvm:kvm_exit, kvm:kvm_userspace_exit, BPF ring buffer (5.8+), LRU hash, per-CPU array"
 );

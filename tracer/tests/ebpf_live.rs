@@ -20,7 +20,34 @@ fn every_program_passes_the_verifier_and_every_tracepoint_attaches() {
     if !have_root("every_program_passes_the_verifier") {
         return;
     }
-    let attached = attach_probes(&SessionOptions::default()).unwrap();
+    // Both ways of taking signals: the raw tracepoint (where the kernel has
+    // BTF) with the perf tracepoint standing by, and the perf one forced.
+    for no_raw_tracepoint in [false, true] {
+        let attached = attach_probes(&SessionOptions {
+            no_raw_tracepoint,
+            ..SessionOptions::default()
+        })
+        .unwrap();
+        check_probe_report(&attached);
+        let signal_program =
+            if no_raw_tracepoint || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+                "signal_generate"
+            } else {
+                "signal_generate_raw"
+            };
+        assert!(
+            attached
+                .report
+                .entries
+                .iter()
+                .any(|entry| entry.program == signal_program && entry.status.is_attached()),
+            "{signal_program} not attached: {:#?}",
+            attached.report
+        );
+    }
+}
+
+fn check_probe_report(attached: &tracer::session::AttachedProbes) {
     let kvm_events = attached
         .tracefs
         .as_ref()
@@ -30,6 +57,7 @@ fn every_program_passes_the_verifier_and_every_tracepoint_attaches() {
             (_, ProbeStatus::Failed { reason }) => {
                 panic!("{} {} failed: {reason}", entry.kind, entry.target)
             }
+            (_, ProbeStatus::Unavailable { reason }) if reason.starts_with("not needed:") => {}
             (ProbeKind::Tracepoint, ProbeStatus::Unavailable { reason }) => {
                 assert!(
                     entry.target.starts_with("kvm:") && !kvm_events,
@@ -104,7 +132,7 @@ fn check_exact_counts(period: Duration, vcpus: u32) {
             .copied()
             .unwrap_or(0)
     };
-    let signal_misses = missed("signal_generate");
+    let signal_misses = missed("signal_generate") + missed("signal_generate_raw");
     let exit_misses = missed("kvm_userspace_exit");
     if signal_misses + exit_misses > 0 {
         skip(

@@ -4,8 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use common::fixture;
+use common::{fixture, skip};
 use tracer::kernel::{
+    btf::{self, BtfError},
     kallsyms::{Kallsyms, KallsymsError},
     tracefs::{EventFormat, TracefsError},
 };
@@ -219,4 +220,43 @@ fn wrong_field_size_and_malformed_lines_are_errors_naming_the_file() {
 
     let no_id = "name: x\n";
     assert!(EventFormat::parse(no_id, Path::new("z/format")).is_err());
+}
+
+/// `task_struct.pid` from the running kernel's BTF (the raw-tracepoint
+/// signal program reads the target thread through it; the KVM recording
+/// tests check the resulting tids end to end), and the errors that name the
+/// file and what was missing.
+#[test]
+fn btf_member_offsets_and_errors() {
+    let missing = btf::member_offset(Path::new("/nonexistent/vmlinux"), "task_struct", "pid");
+    assert!(
+        matches!(&missing, Err(BtfError::Read { path, .. }) if path == Path::new("/nonexistent/vmlinux")),
+        "{missing:?}"
+    );
+    let vmlinux = Path::new(btf::VMLINUX_BTF);
+    if !vmlinux.exists() {
+        skip(
+            "btf_member_offsets_and_errors",
+            "no /sys/kernel/btf/vmlinux on this kernel (CONFIG_DEBUG_INFO_BTF off): live part skipped",
+        );
+        return;
+    }
+    let pid = btf::member_offset(vmlinux, "task_struct", "pid").unwrap();
+    let tgid = btf::member_offset(vmlinux, "task_struct", "tgid").unwrap();
+    // `pid_t pid; pid_t tgid;` sit next to each other in every kernel.
+    assert_eq!(tgid, pid + 4);
+    assert!(pid > 0 && pid < 16 * 1024, "{pid}");
+    assert_eq!(btf::task_pid_offset().unwrap(), pid);
+    let no_struct = btf::member_offset(vmlinux, "no_such_struct_here", "pid").unwrap_err();
+    assert!(
+        matches!(no_struct, BtfError::NoStruct { .. }),
+        "{no_struct:?}"
+    );
+    assert!(no_struct.to_string().contains("no_such_struct_here"));
+    let no_member = btf::member_offset(vmlinux, "task_struct", "no_such_member").unwrap_err();
+    assert!(
+        matches!(no_member, BtfError::NoMember { .. }),
+        "{no_member:?}"
+    );
+    assert!(no_member.to_string().contains("/sys/kernel/btf/vmlinux"));
 }

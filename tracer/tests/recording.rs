@@ -116,7 +116,8 @@ fn round_trip(period: Duration, vcpus: u32) {
         .filter(|record| matches!(record, Record::Event(_)))
         .count() as u64;
     assert_eq!(summary.events_written, event_lines);
-    let signal_misses = recursion_misses(&summary.losses, "signal_generate");
+    let signal_misses = recursion_misses(&summary.losses, "signal_generate")
+        + recursion_misses(&summary.losses, "signal_generate_raw");
     let exit_misses = recursion_misses(&summary.losses, "kvm_userspace_exit");
 
     for vcpu in &report.vcpus {

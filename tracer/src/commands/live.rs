@@ -338,6 +338,7 @@ impl TraceLoop<'_> {
         let options = SessionOptions {
             pid: self.trace.pid,
             ring_bytes: self.trace.ring_mib.map(|mib| mib << 20),
+            no_raw_tracepoint: self.trace.no_raw_tracepoint,
         };
         let session = match TraceSession::start(&options) {
             Ok(session) => session,
@@ -417,7 +418,7 @@ impl TraceLoop<'_> {
                     let status = ViewStatus {
                         mode: session.mode.to_string(),
                         probes_attached: session.probes.attached_count(),
-                        probes_total: session.probes.entries.len(),
+                        probes_total: session.probes.usable_count(),
                         events_per_s: events_this_interval as f64 / last_tick.elapsed().as_secs_f64().max(1e-3),
                         lost_ring: losses.ring_total(),
                         lost_undecodable: losses.undecodable_total(),

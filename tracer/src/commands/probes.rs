@@ -25,7 +25,7 @@ pub fn run(args: &ProbesArgs) -> anyhow::Result<i32> {
             Some(mode) => println!(
                 "mode: {mode} ({} of {} probes attached)",
                 attached.report.attached_count(),
-                attached.report.entries.len()
+                attached.report.usable_count()
             ),
             None => println!("mode: none: no useful probe can attach on this kernel"),
         }

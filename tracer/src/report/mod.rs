@@ -265,7 +265,7 @@ impl Replay {
                 .mode
                 .map_or_else(|| "none".into(), |mode| mode.to_string()),
             probes_attached: self.metadata.probes.attached_count(),
-            probes_total: self.metadata.probes.entries.len(),
+            probes_total: self.metadata.probes.usable_count(),
             events_per_s: if elapsed_ns > 0 {
                 self.events as f64 / (elapsed_ns as f64 / 1e9)
             } else {

@@ -81,6 +81,19 @@ pub struct Stopped {
 pub struct TracerOptions {
     /// `--ring-mib`.
     pub ring_mib: Option<u32>,
+    /// `--no-raw-tracepoint`: signals through the perf tracepoint.
+    pub perf_tracepoint: bool,
+}
+
+impl TracerOptions {
+    fn apply(&self, command: &mut Command) {
+        if let Some(mib) = self.ring_mib {
+            command.args(["--ring-mib", &mib.to_string()]);
+        }
+        if self.perf_tracepoint {
+            command.arg("--no-raw-tracepoint");
+        }
+    }
 }
 
 /// Starts `kind` and waits until it is attached (or, for perf, settled).
@@ -100,9 +113,7 @@ pub fn start(
             command
                 .args(["record", "-d", "1h", "-i", "1h", "-o"])
                 .arg(&file);
-            if let Some(mib) = options.ring_mib {
-                command.args(["--ring-mib", &mib.to_string()]);
-            }
+            options.apply(&mut command);
             let mut child = command
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -122,9 +133,7 @@ pub fn start(
         ObserverKind::TracerLive => {
             let mut command = Command::new(tracer);
             command.args(["live", "--json", "-i", "1s", "-d", "1h"]);
-            if let Some(mib) = options.ring_mib {
-                command.args(["--ring-mib", &mib.to_string()]);
-            }
+            options.apply(&mut command);
             let mut child = command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
