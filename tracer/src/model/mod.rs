@@ -180,9 +180,33 @@ struct Windows {
     ac_exits: SlidingSum,
     interrupted: SlidingSum,
     episodes: SlidingSum,
-    signals: SlidingSum,
     eintr: SlidingSum,
     punished_ns: SlidingSum,
+}
+
+/// The windows of a thread that traps or runs a vCPU, allocated on first
+/// use: most threads the tracer sees only receive timer signals, and at
+/// 10,000 of them the inline windows were most of the tracer's memory
+/// (measured by `cargo xtask bench`).
+#[derive(Clone, Debug, Default)]
+struct LazyWindows(Option<Box<Windows>>);
+
+impl LazyWindows {
+    fn get(&mut self) -> &mut Windows {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn sum(&mut self, now_ns: u64, pick: fn(&mut Windows) -> &mut SlidingSum) -> u64 {
+        self.0
+            .as_deref_mut()
+            .map_or(0, |windows| pick(windows).sum(now_ns))
+    }
+
+    fn per_second(&mut self, now_ns: u64, pick: fn(&mut Windows) -> &mut SlidingSum) -> f64 {
+        self.0
+            .as_deref_mut()
+            .map_or(0.0, |windows| pick(windows).per_second(now_ns))
+    }
 }
 
 /// Tracepoint-only inference state.
@@ -216,7 +240,9 @@ pub struct ThreadState {
     pub first_seen_ns: u64,
     /// Last event time.
     pub last_seen_ns: u64,
-    windows: Windows,
+    windows: LazyWindows,
+    /// Signals to this thread in the window (kept for every thread).
+    signals: SlidingSum,
     episode: Option<SplitLockEpisode>,
     last_episode: Option<SplitLockEpisode>,
     interrupted_streak: u32,
@@ -258,7 +284,8 @@ impl ThreadState {
             totals: ThreadTotals::default(),
             first_seen_ns: ts_ns,
             last_seen_ns: ts_ns,
-            windows: Windows::default(),
+            windows: LazyWindows::default(),
+            signals: SlidingSum::default(),
             episode: None,
             last_episode: None,
             interrupted_streak: 0,
@@ -278,13 +305,14 @@ impl ThreadState {
 
     fn close_episode(&mut self, episode: SplitLockEpisode, end_ns: u64) {
         let interrupted = episode.interrupted();
-        self.windows.episodes.add(end_ns, 1);
+        self.windows.get().episodes.add(end_ns, 1);
         self.windows
+            .get()
             .punished_ns
             .add(end_ns, end_ns.saturating_sub(episode.start_ns));
         if interrupted {
             self.totals.interrupted_episodes += 1;
-            self.windows.interrupted.add(end_ns, 1);
+            self.windows.get().interrupted.add(end_ns, 1);
             if self.streak_ip == Some(episode.ip) {
                 self.interrupted_streak += 1;
             } else {
@@ -383,7 +411,7 @@ impl ThreadState {
             }
             EventBody::Signal { sig, code, .. } => {
                 self.last_signal = Some((*sig, *code));
-                self.windows.signals.add(ts, 1);
+                self.signals.add(ts, 1);
                 if *code == SI_TIMER {
                     self.totals.timer_signals += 1;
                     self.timer_signals.record(ts);
@@ -420,7 +448,7 @@ impl ThreadState {
 
     fn begin_episode(&mut self, ts: u64, ip: u64, source: TrapSource) {
         self.totals.traps += 1;
-        self.windows.traps.add(ts, 1);
+        self.windows.get().traps.add(ts, 1);
         self.last_trap_ns = Some(ts);
         self.last_ip = Some(ip);
         self.episode = Some(SplitLockEpisode {
@@ -437,7 +465,7 @@ impl ThreadState {
 
     fn apply_ac_exit(&mut self, ts: u64, rip: u64) {
         self.totals.ac_vm_exits += 1;
-        self.windows.ac_exits.add(ts, 1);
+        self.windows.get().ac_exits.add(ts, 1);
         self.last_ip = Some(rip);
         self.last_trap_ns = Some(self.last_trap_ns.map_or(ts, |last| last.max(ts)));
         if let Some((previous_ts, _)) = self.ac.pending.take() {
@@ -448,6 +476,7 @@ impl ThreadState {
             if self.totals.traps == 0 {
                 // No kprobe episodes: count the punishment's minimum length.
                 self.windows
+                    .get()
                     .punished_ns
                     .add(ts, ts.saturating_sub(previous_ts).min(PUNISHMENT_MIN_NS));
             }
@@ -462,9 +491,9 @@ impl ThreadState {
     /// otherwise #AC VM exits (tracepoint-only).
     fn traps_in_window(&mut self, now_ns: u64) -> u64 {
         if self.totals.traps > 0 {
-            self.windows.traps.sum(now_ns)
+            self.windows.sum(now_ns, |w| &mut w.traps)
         } else {
-            self.windows.ac_exits.sum(now_ns)
+            self.windows.sum(now_ns, |w| &mut w.ac_exits)
         }
     }
 
@@ -478,7 +507,10 @@ impl ThreadState {
                 && errno == KVM_RUN_EINTR
                 && ts.saturating_sub(ac_ts) < PUNISHMENT_MIN_NS;
             if self.totals.traps == 0 {
-                self.windows.punished_ns.add(ts, ts.saturating_sub(ac_ts));
+                self.windows
+                    .get()
+                    .punished_ns
+                    .add(ts, ts.saturating_sub(ac_ts));
             }
             if cut_short {
                 if self.ac.rip == rip && self.ac.streak > 0 {
@@ -511,7 +543,7 @@ impl ThreadState {
         }
         if errno == KVM_RUN_EINTR {
             self.totals.eintr_exits += 1;
-            self.windows.eintr.add(ts, 1);
+            self.windows.get().eintr.add(ts, 1);
         } else if kvm_exit_reason::is_error(reason, errno) {
             self.totals.error_exits += 1;
             let detail = match (reason, self.failed_entry_reason) {
@@ -583,7 +615,7 @@ impl ThreadState {
                 let traps_in_window = self.traps_in_window(now_ns);
                 let mut evidence = if self.totals.traps > 0 {
                     let completed =
-                        self.windows.episodes.sum(now_ns) - self.windows.interrupted.sum(now_ns);
+                        self.windows.sum(now_ns, |w| &mut w.episodes) - self.windows.sum(now_ns, |w| &mut w.interrupted);
                     vec![format!(
                         "{traps_in_window} split-lock traps in the last {} s, {completed} completed the punishment",
                         WINDOW_NS / 1_000_000_000
@@ -646,7 +678,7 @@ impl ThreadState {
         evidence.push(format!(
             "stuck for {:.1} s; {:.0} EINTR exits/s",
             now_ns.saturating_sub(state.since_ns) as f64 / 1e9,
-            self.windows.eintr.per_second(now_ns)
+            self.windows.per_second(now_ns, |w| &mut w.eintr)
         ));
         evidence
     }
@@ -928,8 +960,8 @@ impl Model {
             .filter(|thread| thread.is_vcpu || thread.totals.traps > 0 || thread.killed.is_some())
             .map(|thread| {
                 let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
-                let episodes = thread.windows.episodes.sum(now_ns);
-                let interrupted = thread.windows.interrupted.sum(now_ns);
+                let episodes = thread.windows.sum(now_ns, |w| &mut w.episodes);
+                let interrupted = thread.windows.sum(now_ns, |w| &mut w.interrupted);
                 ThreadRow {
                     pid: thread.tgid,
                     vm: processes.get(&thread.tgid).and_then(ProcessInfo::label),
@@ -940,14 +972,15 @@ impl Model {
                     last_ip: thread.last_ip,
                     interrupted_pct: (episodes > 0)
                         .then(|| interrupted as f64 * 100.0 / episodes as f64),
-                    signals_per_s: thread.windows.signals.per_second(now_ns),
+                    signals_per_s: thread.signals.per_second(now_ns),
                     timer_period_ms: thread
                         .timer_signals
                         .last()
                         .filter(|last| now_ns.saturating_sub(*last) <= WINDOW_NS)
                         .and(thread.timer_signals.typical_ms()),
-                    eintr_per_s: thread.windows.eintr.per_second(now_ns),
-                    punished_pct: (thread.windows.punished_ns.sum(now_ns) as f64 * 100.0
+                    eintr_per_s: thread.windows.per_second(now_ns, |w| &mut w.eintr),
+                    punished_pct: (thread.windows.sum(now_ns, |w| &mut w.punished_ns) as f64
+                        * 100.0
                         / WINDOW_NS as f64)
                         .min(100.0),
                     verdict,

@@ -33,6 +33,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_QUEUE_RECORDS: usize = 65_536;
 /// Bytes gathered before a write.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Messages taken per look at the clock.
+const BATCH: usize = 1024;
 
 /// Why a recording could not be created.
 #[derive(Debug, Error)]
@@ -340,28 +342,41 @@ fn writer_loop(
             }
         }
     };
-    loop {
-        let message = match receiver.recv_timeout(FLUSH_INTERVAL) {
+    let mut disconnected = false;
+    'messages: while !disconnected {
+        let first = match receiver.recv_timeout(FLUSH_INTERVAL) {
             Ok(message) => Some(message),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         report_queue_drops(out, &mut reported_queue_drops);
-        match message {
-            Some(Message::Record(record)) => {
-                out.push(&record);
+        // Take what is already queued without looking at the clock for each
+        // message (the clock calls cost more than a line at 300k events/s:
+        // measured with perf in `cargo xtask bench`).
+        let queued = std::iter::from_fn(|| match receiver.try_recv() {
+            Ok(message) => Some(message),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                disconnected = true;
+                None
             }
-            Some(Message::Finish(mut summary)) => {
-                report_queue_drops(out, &mut reported_queue_drops);
-                out.flush();
-                summary.events_written = out.events;
-                summary.events_not_written =
-                    queue_dropped.load(Ordering::Relaxed) + out.failed_events;
-                out.push(&Record::Summary(summary));
-                out.flush();
-                break;
+        });
+        for message in first.into_iter().chain(queued.take(BATCH)) {
+            match message {
+                Message::Record(record) => {
+                    out.push(&record);
+                }
+                Message::Finish(mut summary) => {
+                    report_queue_drops(out, &mut reported_queue_drops);
+                    out.flush();
+                    summary.events_written = out.events;
+                    summary.events_not_written =
+                        queue_dropped.load(Ordering::Relaxed) + out.failed_events;
+                    out.push(&Record::Summary(summary));
+                    out.flush();
+                    break 'messages;
+                }
             }
-            None => {}
         }
         if last_flush.elapsed() >= FLUSH_INTERVAL {
             out.flush();

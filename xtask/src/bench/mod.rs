@@ -220,6 +220,8 @@ struct OverheadRun {
     observer: Option<ObserverKind>,
     throughput: f64,
     cost: Option<Stopped>,
+    /// In-kernel nanoseconds per run of the observer's signal program.
+    signal_program_ns: Option<f64>,
 }
 
 fn observer_label(observer: Option<ObserverKind>) -> &'static str {
@@ -248,6 +250,10 @@ fn overhead(
                 .map(|kind| observer::start(kind, tracer, work, &TracerOptions::default()))
                 .transpose()?;
             let (throughput, _) = workload.run(tracer, options.overhead_seconds)?;
+            let signal_program_ns = observer
+                .as_ref()
+                .and_then(|_| observer::signal_program_cost())
+                .map(|(_, nanos)| nanos);
             let cost = observer.map(observer::Observer::stop).transpose()?;
             if let Some(output) = cost.as_ref().and_then(|c| c.output.as_ref()) {
                 let _ = std::fs::remove_file(output);
@@ -256,6 +262,7 @@ fn overhead(
                 observer: condition,
                 throughput,
                 cost,
+                signal_program_ns,
             });
         }
     }
@@ -266,6 +273,7 @@ fn overhead(
             let throughput: Vec<f64> = mine.iter().map(|r| r.throughput).collect();
             let costs: Vec<&Stopped> = mine.iter().filter_map(|r| r.cost.as_ref()).collect();
             let cpu: Vec<f64> = costs.iter().map(|c| c.cpu_s).collect();
+            let kernel_ns: Vec<f64> = mine.iter().filter_map(|r| r.signal_program_ns).collect();
             let startup: Vec<f64> = costs
                 .iter()
                 .filter_map(|c| c.startup.map(|d| d.as_secs_f64()))
@@ -276,6 +284,7 @@ fn overhead(
                 "throughput_min": throughput.iter().copied().reduce(f64::min),
                 "throughput_max": throughput.iter().copied().reduce(f64::max),
                 "observer_cpu_s": median(&cpu),
+                "signal_program_ns_per_event": median(&kernel_ns),
                 "observer_peak_rss_kib": costs.iter().map(|c| c.peak_rss_kib).max(),
                 "startup_s": median(&startup),
             })
@@ -585,7 +594,10 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     for reason in &skipped {
         eprintln!("xtask: bench: SKIP peer {reason}");
     }
+    setup::apt_package("bpftool", "bpftool", "version");
     let tracer: PathBuf = dist::run()?.binary;
+    // Per-program run time, for the in-kernel cost per event.
+    let _stats = observer::BpfStats::enable();
     let work = setup::workspace_root()?.join("target/bench");
     std::fs::create_dir_all(&work)?;
     let seconds = options.sustained_seconds;
@@ -695,7 +707,7 @@ fn render(results: &Value) -> String {
     for section in results["overhead"].as_array().unwrap_or(&empty) {
         let _ = write!(
             out,
-            "\n### Overhead: {}\n\n| condition | throughput (median) | min..max | vs untraced | observer CPU s | observer peak RSS MiB | start-up s |\n|---|---|---|---|---|---|---|\n",
+            "\n### Overhead: {}\n\n| condition | throughput (median) | min..max | vs untraced | observer CPU s | in-kernel ns per signal event | observer peak RSS MiB | start-up s |\n|---|---|---|---|---|---|---|---|\n",
             section["workload"].as_str().unwrap_or("")
         );
         let rows = section["rows"].as_array().unwrap_or(&empty);
@@ -706,13 +718,14 @@ fn render(results: &Value) -> String {
         for row in rows {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} | {} |",
+                "| {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} | {} | {} |",
                 row["condition"].as_str().unwrap_or(""),
                 row["throughput_median"].as_f64().unwrap_or(0.0),
                 row["throughput_min"].as_f64().unwrap_or(0.0),
                 row["throughput_max"].as_f64().unwrap_or(0.0),
                 row["throughput_median"].as_f64().unwrap_or(0.0) / base,
                 fmt_opt(&row["observer_cpu_s"], 3),
+                fmt_opt(&row["signal_program_ns_per_event"], 0),
                 mib(&row["observer_peak_rss_kib"]),
                 fmt_opt(&row["startup_s"], 2),
             );

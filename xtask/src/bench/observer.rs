@@ -316,3 +316,54 @@ pub fn bpftrace_timer_counts(stdout: &str) -> std::collections::HashMap<u32, u64
         })
         .collect()
 }
+
+/// In-kernel cost of the loaded programs named `signal_generate*` (the
+/// tracer's and bpftrace's timer-signal programs): runs and nanoseconds per
+/// run, from `bpftool prog show --json` with `kernel.bpf_stats_enabled=1`.
+pub fn signal_program_cost() -> Option<(u64, f64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .ok()?;
+    let programs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let (runs, nanos) = programs
+        .as_array()?
+        .iter()
+        .filter(|program| {
+            program["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("signal_generate"))
+        })
+        .fold((0, 0), |(runs, nanos), program| {
+            (
+                runs + program["run_cnt"].as_u64().unwrap_or(0),
+                nanos + program["run_time_ns"].as_u64().unwrap_or(0),
+            )
+        });
+    (runs > 0).then(|| (runs, nanos as f64 / runs as f64))
+}
+
+/// Turns the kernel's per-program run statistics on for as long as it lives
+/// and restores the previous setting after.
+pub struct BpfStats {
+    previous: Option<String>,
+}
+
+impl BpfStats {
+    const SYSCTL: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    /// Enables `kernel.bpf_stats_enabled`.
+    pub fn enable() -> Self {
+        let previous = std::fs::read_to_string(Self::SYSCTL).ok();
+        let _ = std::fs::write(Self::SYSCTL, "1");
+        Self { previous }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            let _ = std::fs::write(Self::SYSCTL, previous.trim());
+        }
+    }
+}
