@@ -836,15 +836,43 @@ fn render_targets(results: &Value) -> String {
             .nth(1)
             .unwrap_or("")
             .to_owned();
-        let ok = record
-            .zip(bpftrace)
-            .map(|(r, b)| (1.0 - r) <= (1.0 - b).max(0.0) / 2.0);
+        // A difference counts only when the repetitions' min..max ranges
+        // of untraced and traced do not overlap.
+        let rows = section["rows"].as_array().unwrap_or(&empty);
+        let range = |label: &str| {
+            rows.iter()
+                .find(|row| row["condition"] == label)
+                .and_then(|row| {
+                    Some((
+                        row["throughput_min"].as_f64()?,
+                        row["throughput_max"].as_f64()?,
+                    ))
+                })
+        };
+        let untraced = range("(a) untraced");
+        let resolved = |label: &str| {
+            untraced
+                .zip(range(label))
+                .map(|((a_min, a_max), (min, max))| max < a_min || min > a_max)
+        };
+        let record_resolved = resolved(ObserverKind::TracerRecord.label());
+        let bpftrace_resolved = resolved(ObserverKind::Bpftrace.label());
+        let verdict = match (record_resolved, bpftrace_resolved) {
+            (Some(false), Some(false)) => {
+                "not resolved: both within the spread between repetitions".to_owned()
+            }
+            (Some(false), Some(true)) => "met (tracer within the spread, bpftrace not)".to_owned(),
+            (Some(true), Some(false)) => "**missed** (bpftrace within the spread)".to_owned(),
+            _ => met(record
+                .zip(bpftrace)
+                .map(|(r, b)| (1.0 - r) <= (1.0 - b).max(0.0) / 2.0))
+            .to_owned(),
+        };
         let _ = writeln!(
             out,
-            "| overhead at most half of bpftrace's ({name}) | tracer record {}%, bpftrace {}% | {} |",
+            "| overhead at most half of bpftrace's ({name}) | tracer record {}%, bpftrace {}% | {verdict} |",
             record.map_or("-".into(), |r| format!("{:.1}", (1.0 - r) * 100.0)),
             bpftrace.map_or("-".into(), |b| format!("{:.1}", (1.0 - b) * 100.0)),
-            met(ok),
         );
     }
     let at_100k = results["loss"].as_array().and_then(|rows| {
@@ -856,7 +884,25 @@ fn render_targets(results: &Value) -> String {
     });
     let _ = writeln!(
         out,
-        "| zero loss at 100k events/s on 2 cores (default ring) | {} | {} |",
+        "| zero loss at 100k events/s on 2 cores, tracer's own path: every event its programs ran for is recorded or reported (default ring) | {} | {} |",
+        at_100k.map_or("-".into(), |row| format!(
+            "in-kernel counter {}, recorded {}, reported lost {}",
+            row["in_kernel_counter"],
+            row["recorded"],
+            row["reported_ring_full"].as_u64().unwrap_or(0)
+                + row["reported_not_written"].as_u64().unwrap_or(0)
+                + row["reported_undecodable"].as_u64().unwrap_or(0),
+        )),
+        met(at_100k.map(|row| {
+            row["exact"] == true
+                && row["reported_ring_full"] == 0
+                && row["reported_not_written"] == 0
+                && row["reported_undecodable"] == 0
+        })),
+    );
+    let _ = writeln!(
+        out,
+        "| zero loss at 100k events/s on 2 cores, against the storm's own count (default ring) | {} | {} |",
         at_100k.map_or("-".into(), |row| format!(
             "recorded {} of {}, tracer-reported lost {}, skipped by the kernel {}",
             row["recorded"],
