@@ -3,7 +3,9 @@
 //! The raw-tracepoint `signal_generate` program gets the target task as a
 //! `struct task_struct *` and needs the byte offset of its `pid`, which
 //! differs between kernel builds. The BTF is memory-mapped and only the one
-//! struct is resolved (parsing all of it would cost tens of MiB).
+//! struct is resolved (parsing all of it would cost tens of MiB). Kernels
+//! that cannot map the sysfs file (Debian's 6.1 and 6.12 say ENODEV;
+//! 6.18 can) get an error here, and the perf tracepoint program is used.
 
 use std::path::{Path, PathBuf};
 
