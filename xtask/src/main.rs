@@ -43,6 +43,9 @@ enum Task {
         /// Skip booting Debian kernels under QEMU (`vm-test`).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the short benchmark run (`bench --quick`).
+        #[arg(long)]
+        no_bench: bool,
     },
     /// Measure the tracer's cost, loss, CPU, memory and verdict latency against bpftrace and perf (target/bench/).
     Bench {
@@ -71,9 +74,10 @@ fn main() {
             no_lint,
             fuzz_seconds,
             no_vm,
+            no_bench,
         } => setup::run().and_then(|()| {
             setup::test_prerequisites();
-            test(no_lint, fuzz_seconds, no_vm)
+            test(no_lint, fuzz_seconds, no_vm, no_bench)
         }),
         Task::Bench { quick } => setup::run().and_then(|()| {
             bench::run(if quick {
@@ -180,7 +184,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow::Result<()> {
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
         run_command(cargo().arg("clippy").args(HOST_PACKAGES).args([
@@ -215,12 +219,24 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool) -> anyhow::Result<()> {
     } else {
         vm_test::run(true)
     };
+    // The benchmark's every section, briefly: it must keep working from a
+    // clean checkout (its numbers come from the full `cargo xtask bench`).
+    // SAFETY: geteuid has no preconditions.
+    let bench_result = if no_bench {
+        println!("SKIP bench --quick: --no-bench given");
+        Ok(())
+    } else if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP bench --quick: needs root (BPF, bpftrace, perf -a)");
+        Ok(())
+    } else {
+        bench::run(bench::BenchOptions::QUICK)
+    };
     // The closing line CI reads: the totals of every test binary.
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} tests failed");
     }
-    fuzz_result.and(vm_result)
+    fuzz_result.and(vm_result).and(bench_result)
 }
 
 /// Runs `cargo test`, echoing its output, and sums the `test result:` lines.

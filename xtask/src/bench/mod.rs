@@ -319,10 +319,10 @@ struct RecordingCounts {
 }
 
 fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingCounts> {
+    const KEY: &str = "\"target_tid\":";
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut recorded = HashMap::new();
     let mut summary = Value::Null;
-    const KEY: &str = "\"target_tid\":";
     for line in std::io::BufReader::new(file).lines() {
         let line = line?;
         if line.starts_with("{\"type\":\"summary\"") {
@@ -598,12 +598,26 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     let tracer: PathBuf = dist::run()?.binary;
     // Per-program run time, for the in-kernel cost per event.
     let _stats = observer::BpfStats::enable();
-    let work = setup::workspace_root()?.join("target/bench");
+    // A quick run's numbers are not comparable: keep them apart.
+    let work = setup::workspace_root()?.join(
+        if options.repetitions == BenchOptions::QUICK.repetitions
+            && options.sustained_seconds == BenchOptions::QUICK.sustained_seconds
+        {
+            "target/bench/quick"
+        } else {
+            "target/bench"
+        },
+    );
     std::fs::create_dir_all(&work)?;
     let seconds = options.sustained_seconds;
 
     let mut overheads = Vec::new();
     for workload in [Workload::KvmRepro, Workload::SignalStorm] {
+        if workload == Workload::KvmRepro && !Path::new("/dev/kvm").exists() {
+            eprintln!("xtask: bench: SKIP the KVM workload: no /dev/kvm");
+            skipped.push("KVM workload: no /dev/kvm");
+            continue;
+        }
         overheads.push(overhead(workload, &observers, &tracer, &work, options)?);
     }
     let mut loss = Vec::new();
@@ -653,7 +667,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             "overhead_seconds": options.overhead_seconds,
             "sustained_seconds": options.sustained_seconds,
         },
-        "skipped_peers": skipped,
+        "skipped": skipped,
         "overhead": overheads,
         "loss": loss,
         "cpu_at_1k_events_per_s": cpu,
@@ -700,8 +714,8 @@ fn render(results: &Value) -> String {
         "Repetitions: {} alternating runs per condition of {} s (overhead); {} s per loss, CPU and memory run.",
         options["repetitions"], options["overhead_seconds"], options["sustained_seconds"]
     );
-    for reason in results["skipped_peers"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "\nSKIPPED peer: {}", reason.as_str().unwrap_or(""));
+    for reason in results["skipped"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "\nSKIPPED: {}", reason.as_str().unwrap_or(""));
     }
     let empty = Vec::new();
     for section in results["overhead"].as_array().unwrap_or(&empty) {
