@@ -339,6 +339,27 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The program `spec` names, as its concrete type.
+fn program_of<'a, T>(ebpf: &'a mut Ebpf, spec: &ProbeSpec) -> Result<&'a mut T, ProbeStatus>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| ProbeStatus::Failed {
+            reason: format!("program {} missing from the eBPF object", spec.program),
+        })?;
+    program.try_into().map_err(|error| ProbeStatus::Failed {
+        reason: error_chain(&error),
+    })
+}
+
+fn load_failed(error: &aya::programs::ProgramError) -> ProbeStatus {
+    ProbeStatus::Failed {
+        reason: format!("load: {}", error_chain(error)),
+    }
+}
+
 fn attach_tracepoint(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs: Option<&Path>) -> ProbeStatus {
     let (category, name) = spec
         .target
@@ -357,23 +378,12 @@ fn attach_tracepoint(ebpf: &mut Ebpf, spec: &ProbeSpec, tracefs: Option<&Path>) 
             };
         }
     }
-    let Some(program) = ebpf.program_mut(spec.program) else {
-        return ProbeStatus::Failed {
-            reason: format!("program {} missing from the eBPF object", spec.program),
-        };
-    };
-    let program: &mut TracePoint = match program.try_into() {
+    let program: &mut TracePoint = match program_of(ebpf, spec) {
         Ok(program) => program,
-        Err(error) => {
-            return ProbeStatus::Failed {
-                reason: error_chain(&error),
-            };
-        }
+        Err(status) => return status,
     };
     if let Err(error) = program.load() {
-        return ProbeStatus::Failed {
-            reason: format!("load: {}", error_chain(&error)),
-        };
+        return load_failed(&error);
     }
     match program.attach(category, name) {
         Ok(_) => ProbeStatus::Attached {
@@ -390,24 +400,13 @@ fn attach_raw_tracepoint(
     spec: &ProbeSpec,
     context: &AttachContext<'_>,
 ) -> ProbeStatus {
-    let Some(program) = ebpf.program_mut(spec.program) else {
-        return ProbeStatus::Failed {
-            reason: format!("program {} missing from the eBPF object", spec.program),
-        };
-    };
-    let program: &mut RawTracePoint = match program.try_into() {
+    let program: &mut RawTracePoint = match program_of(ebpf, spec) {
         Ok(program) => program,
-        Err(error) => {
-            return ProbeStatus::Failed {
-                reason: error_chain(&error),
-            };
-        }
+        Err(status) => return status,
     };
     // Load even where it will not attach: it proves the verifier accepts it.
     if let Err(error) = program.load() {
-        return ProbeStatus::Failed {
-            reason: format!("load: {}", error_chain(&error)),
-        };
+        return load_failed(&error);
     }
     if let Err(reason) = &context.task_pid_offset {
         return ProbeStatus::Unavailable {
@@ -425,24 +424,13 @@ fn attach_raw_tracepoint(
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf, spec: &ProbeSpec, context: &AttachContext<'_>) -> ProbeStatus {
-    let Some(program) = ebpf.program_mut(spec.program) else {
-        return ProbeStatus::Failed {
-            reason: format!("program {} missing from the eBPF object", spec.program),
-        };
-    };
-    let program: &mut KProbe = match program.try_into() {
+    let program: &mut KProbe = match program_of(ebpf, spec) {
         Ok(program) => program,
-        Err(error) => {
-            return ProbeStatus::Failed {
-                reason: error_chain(&error),
-            };
-        }
+        Err(status) => return status,
     };
     // Load even where attach is impossible: it proves the verifier accepts it.
     if let Err(error) = program.load() {
-        return ProbeStatus::Failed {
-            reason: format!("load: {}", error_chain(&error)),
-        };
+        return load_failed(&error);
     }
     let target = match context.kallsyms {
         Some(kallsyms) => match kallsyms.resolve_probe_target(spec.target) {
