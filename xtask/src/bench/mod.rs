@@ -359,8 +359,23 @@ fn loss_run(
     rate: Option<f64>,
     seconds: u64,
     count_hits: bool,
+    stall_reader: Option<Duration>,
 ) -> anyhow::Result<Value> {
     let observer = observer::start(ObserverKind::TracerRecord, tracer, work, options)?;
+    // Stopping the whole tracer (SIGSTOP) for a while in the middle of the
+    // storm fills the ring: the drops must then be counted exactly.
+    let staller = stall_reader.map(|stall| {
+        let pid = observer.pid() as i32;
+        let delay = Duration::from_secs(seconds) / 3;
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(stall);
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        })
+    });
     let perf_stat = work.join("perf-stat.csv");
     let (result, hits) = storm_counted(
         tracer,
@@ -369,6 +384,9 @@ fn loss_run(
         seconds,
         count_hits.then_some(perf_stat.as_path()),
     )?;
+    if let Some(staller) = staller {
+        let _ = staller.join();
+    }
     // Let the tracer drain what the last signals put in the ring.
     std::thread::sleep(Duration::from_millis(500));
     let stopped = observer.stop()?;
@@ -405,6 +423,7 @@ fn loss_run(
         "ring_mib": options.ring_mib.unwrap_or(4),
         "signal_probe": if options.perf_tracepoint { "perf tracepoint" } else { "raw tracepoint" },
         "tracepoint_hits_perf_stat": hits,
+        "reader_stalled_s": stall_reader.map(|stall| stall.as_secs_f64()),
         "target_rate": rate,
         "achieved_rate": result["signals_per_s"],
         "ground_truth": truth,
@@ -639,10 +658,22 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             // the fallback program, so it counts hits only beside the raw one.
             let count_hits = have_perf && !options.perf_tracepoint;
             loss.push(loss_run(
-                &tracer, &work, &options, rate, seconds, count_hits,
+                &tracer, &work, &options, rate, seconds, count_hits, None,
             )?);
         }
     }
+    // Above the rate the reader keeps up with there is nothing to lose on
+    // this machine; a stalled reader makes the ring overflow instead.
+    eprintln!("xtask: bench loss with the reader stopped for 2 s");
+    loss.push(loss_run(
+        &tracer,
+        &work,
+        &TracerOptions::default(),
+        Some(100_000.0),
+        seconds,
+        have_perf,
+        Some(Duration::from_secs(2).min(Duration::from_secs(seconds) / 3)),
+    )?);
     let mut cpu = Vec::new();
     for &kind in &observers {
         eprintln!("xtask: bench CPU at 1k events/s {}", kind.label());
@@ -761,7 +792,13 @@ fn render(results: &Value) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {}, {}, {} | {} | {} | {} | {} |",
-            row["signal_probe"].as_str().unwrap_or(""),
+            match row["reader_stalled_s"].as_f64() {
+                Some(stall) => format!(
+                    "{}, tracer stopped for {stall:.1} s",
+                    row["signal_probe"].as_str().unwrap_or("")
+                ),
+                None => row["signal_probe"].as_str().unwrap_or("").to_owned(),
+            },
             row["ring_mib"],
             row["target_rate"]
                 .as_f64()
@@ -893,6 +930,7 @@ fn render_targets(results: &Value) -> String {
         rows.iter().find(|row| {
             row["ring_mib"] == 4
                 && row["signal_probe"] == "raw tracepoint"
+                && row["reader_stalled_s"].is_null()
                 && row["target_rate"].as_f64() == Some(100_000.0)
         })
     });
