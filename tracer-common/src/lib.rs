@@ -93,6 +93,10 @@ pub const COUNTER_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 1;
 /// `RING_DROPS` slot counting failed `SPLIT_LOCK_WINDOW` inserts: the
 /// punishment results of that episode then go unreported.
 pub const WINDOW_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 2;
+/// `RING_DROPS` slot counting program runs that returned early because a
+/// field of the event could not be read (the event is lost; userspace
+/// reports it with the undecodable records).
+pub const FIELD_READ_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 3;
 
 impl EventKind {
     /// Every kind, in numeric order.

@@ -33,9 +33,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     BUS_ADRALN, COMM_LEN, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventHeader, EventKind,
-    FIELD_ABSENT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent, PunishmentReturnEvent,
-    SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent, SplitLockTrapEvent,
-    ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, kvm_exit_reason, vmx,
+    FIELD_ABSENT, FIELD_READ_FAILED_SLOT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent,
+    PunishmentReturnEvent, SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent,
+    SplitLockTrapEvent, ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, kvm_exit_reason,
+    vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -103,6 +104,12 @@ fn count_in_slot(index: u32) {
 #[inline(always)]
 fn count_counter_failure() {
     count_in_slot(COUNTER_INSERT_FAILED_SLOT);
+}
+
+/// An event lost because one of its fields could not be read.
+#[inline(always)]
+fn count_unreadable() {
+    count_in_slot(FIELD_READ_FAILED_SLOT);
 }
 
 #[inline(always)]
@@ -400,6 +407,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         read_i32(&ctx, layout.code),
         read_i32(&ctx, layout.pid),
     ) else {
+        count_unreadable();
         return 0;
     };
     on_signal(
@@ -444,18 +452,23 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     let Ok(target) =
         (unsafe { bpf_probe_read_kernel((task + u64::from(pid_offset)) as *const i32) })
     else {
+        count_unreadable();
         return 0;
     };
     let (errno, code) = if info > SEND_SIG_PRIV {
-        // SAFETY: as above.
-        unsafe {
+        // SAFETY: as above. An unreadable si_code would turn a timer signal
+        // into some other one: the event is counted lost instead.
+        let read = unsafe {
             (
-                bpf_probe_read_kernel((info as usize + SIGINFO_ERRNO_OFFSET) as *const i32)
-                    .unwrap_or(0),
-                bpf_probe_read_kernel((info as usize + SIGINFO_CODE_OFFSET) as *const i32)
-                    .unwrap_or(SI_USER),
+                bpf_probe_read_kernel((info as usize + SIGINFO_ERRNO_OFFSET) as *const i32),
+                bpf_probe_read_kernel((info as usize + SIGINFO_CODE_OFFSET) as *const i32),
             )
-        }
+        };
+        let (Ok(errno), Ok(code)) = read else {
+            count_unreadable();
+            return 0;
+        };
+        (errno, code)
     } else if info == SEND_SIG_PRIV {
         (0, SI_KERNEL)
     } else {

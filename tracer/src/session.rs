@@ -16,8 +16,8 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, ThreadCounters,
-    TracerConfig, WINDOW_INSERT_FAILED_SLOT, map_names,
+    CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, FIELD_READ_FAILED_SLOT,
+    ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, map_names,
 };
 
 use crate::{
@@ -249,6 +249,10 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     })
 }
 
+/// `undecodable` detail for events the eBPF programs dropped because a
+/// field could not be read in the kernel.
+pub const FIELD_READ_FAILED_DETAIL: &str = "in kernel: event field unreadable";
+
 /// How often the reader looks at the ring without being woken: the eBPF
 /// programs wake it only when an eighth of the ring holds unread data, so
 /// events reach the model at most this late.
@@ -344,7 +348,13 @@ impl TraceSession {
         let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         for slot in 0..EVENT_KIND_SLOTS {
             let total: u64 = drops.get(&slot, 0)?.iter().sum();
-            if slot == COUNTER_INSERT_FAILED_SLOT {
+            if slot == FIELD_READ_FAILED_SLOT {
+                if total > 0 {
+                    losses
+                        .undecodable
+                        .insert(FIELD_READ_FAILED_DETAIL.to_owned(), total);
+                }
+            } else if slot == COUNTER_INSERT_FAILED_SLOT {
                 losses.counter_map_full = total;
             } else if slot == WINDOW_INSERT_FAILED_SLOT {
                 losses.window_map_full = total;
