@@ -203,10 +203,10 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     command
         .env("TRACER_STATIC_BINARY", &outputs.binary)
         .env("TRACER_DEB", &outputs.deb)
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(HOST_PACKAGES)
         .args(["--", "--test-threads=1"]);
-    let (passed, failed) = run_tests_counting(&mut command)?;
+    let outcome = run_tests_counting(&mut command)?;
     let fuzz_result = if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)
     } else {
@@ -231,7 +231,18 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     } else {
         bench::run(bench::BenchOptions::QUICK)
     };
-    // The closing line CI reads: the totals of every test binary.
+    // The closing lines CI reads: the failed tests by name (their output is
+    // far above by now) and the totals of every test binary.
+    for name in &outcome.failed_names {
+        println!("FAILED test: {name}");
+    }
+    for (name, tail) in &outcome.failure_tails {
+        println!("--- the last lines {name} printed:");
+        for line in tail {
+            println!("    {line}");
+        }
+    }
+    let TestOutcome { passed, failed, .. } = outcome;
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} tests failed");
@@ -239,8 +250,23 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     fuzz_result.and(vm_result).and(bench_result)
 }
 
-/// Runs `cargo test`, echoing its output, and sums the `test result:` lines.
-fn run_tests_counting(command: &mut Command) -> anyhow::Result<(u64, u64)> {
+/// What `cargo test` reported over all its test binaries.
+struct TestOutcome {
+    passed: u64,
+    failed: u64,
+    /// `test <name> ... FAILED` lines, in the order they came.
+    failed_names: Vec<String>,
+    /// The last lines of each failed test's captured output (its panic
+    /// message among them), from libtest's `---- <name> stdout ----` blocks.
+    failure_tails: Vec<(String, Vec<String>)>,
+}
+
+/// How many lines of a failed test's output the closing summary repeats.
+const FAILURE_TAIL_LINES: usize = 20;
+
+/// Runs `cargo test`, echoing its output, sums the `test result:` lines and
+/// keeps the names of failed tests.
+fn run_tests_counting(command: &mut Command) -> anyhow::Result<TestOutcome> {
     use std::io::{BufRead as _, BufReader};
 
     eprintln!("xtask: running {command:?}");
@@ -250,9 +276,35 @@ fn run_tests_counting(command: &mut Command) -> anyhow::Result<(u64, u64)> {
         .with_context(|| format!("starting {command:?}"))?;
     let stdout = child.stdout.take().context("test stdout")?;
     let (mut passed, mut failed) = (0, 0);
+    let mut failed_names = Vec::new();
+    let mut failure_tails: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_failure_block = false;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading test output")?;
         println!("{line}");
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|rest| rest.strip_suffix(" stdout ----"))
+        {
+            failure_tails.push((name.to_owned(), Vec::new()));
+            in_failure_block = true;
+            continue;
+        }
+        if line == "failures:" || line.starts_with("test result: ") {
+            in_failure_block = false;
+        }
+        if in_failure_block && let Some((_, tail)) = failure_tails.last_mut() {
+            if tail.len() == FAILURE_TAIL_LINES {
+                tail.remove(0);
+            }
+            tail.push(line.clone());
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            failed_names.push(name.to_owned());
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
@@ -273,5 +325,10 @@ fn run_tests_counting(command: &mut Command) -> anyhow::Result<(u64, u64)> {
     if !status.success() && failed == 0 {
         bail!("{command:?} failed with {status}");
     }
-    Ok((passed, failed))
+    Ok(TestOutcome {
+        passed,
+        failed,
+        failed_names,
+        failure_tails,
+    })
 }
