@@ -1,7 +1,11 @@
 //! The observers the benchmark compares: the tracer (`record`, `live`),
 //! bpftrace counting the same tracepoints, and `perf record` writing them.
 //! Each is started, waited for until attached where it says so, and
-//! stopped with SIGINT; its CPU time and peak RSS come from `wait4`.
+//! stopped with SIGINT; its CPU time comes from `wait4`, its peak RSS from
+//! `VmHWM` in `/proc/PID/status`, read until it exits. (`wait4`'s
+//! `ru_maxrss` is no use here: the kernel starts a child's maximum at the
+//! high-water mark of the address space it replaced at exec, the spawning
+//! xtask's, so every observer would seem at least as large as the xtask.)
 
 use std::{
     io::BufRead as _,
@@ -262,15 +266,25 @@ impl Observer {
     /// Stops it with SIGINT, reaps it and returns what it cost.
     pub fn stop(self) -> anyhow::Result<Stopped> {
         let pid = self.child.id() as i32;
-        // SAFETY: signalling and reaping our own child.
-        let usage = unsafe {
-            libc::kill(pid, libc::SIGINT);
+        let mut peak_kib = vm_hwm_kib(self.child.id()).unwrap_or(0);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        // Its high-water mark until it is gone (a zombie has no address
+        // space), then the reap with its CPU time.
+        let usage = loop {
             let mut status = 0;
-            let mut usage: libc::rusage = std::mem::zeroed();
-            if libc::wait4(pid, &raw mut status, 0, &raw mut usage) < 0 {
-                bail!("wait4 {pid}: {}", std::io::Error::last_os_error());
+            // SAFETY: an all-zero rusage is valid.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: reaping our own child into valid pointers.
+            match unsafe { libc::wait4(pid, &raw mut status, libc::WNOHANG, &raw mut usage) } {
+                0 => {}
+                reaped if reaped == pid => break usage,
+                _ => bail!("wait4 {pid}: {}", std::io::Error::last_os_error()),
             }
-            usage
+            if let Some(kib) = vm_hwm_kib(self.child.id()) {
+                peak_kib = peak_kib.max(kib);
+            }
+            std::thread::sleep(Duration::from_millis(2));
         };
         // The reader thread sees EOF once the child is gone.
         std::thread::sleep(Duration::from_millis(50));
@@ -278,12 +292,26 @@ impl Observer {
         let stdout = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
         Ok(Stopped {
             cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-            peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            peak_rss_kib: peak_kib,
             startup: self.startup,
             output: self.output,
             stdout,
         })
     }
+}
+
+/// The peak resident set of `pid`'s address space since its exec, KiB
+/// (`VmHWM`); `None` once it has exited.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU time (ns) of every thread of `pid` so far, from
