@@ -396,6 +396,32 @@ impl TracerConfig {
 }
 
 /// Names of the maps in the eBPF object, shared so neither side can drift.
+/// Per-CPU tally that checks the signal programs against the kernel's own
+/// count of `signal:signal_generate` timer signals (a perf counting event per
+/// CPU, filtered to `code == -2`, read by the program itself).
+///
+/// At its first timer signal on a CPU the program takes both counts as the
+/// baseline; afterwards `skipped` = (tracepoint hits − baseline) − (program
+/// runs − baseline): timer signals the kernel generated on that CPU without
+/// running the program and without counting a recursion miss. Both counts
+/// are taken in the same place on every run, so whether the perf count
+/// already includes the current hit cancels out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerSignalTally {
+    /// Timer signals the program ran for on this CPU.
+    pub runs: u64,
+    /// `runs` at the baseline.
+    pub baseline_runs: u64,
+    /// The perf count at the baseline.
+    pub baseline_hits: u64,
+    /// Skipped timer signals as of the last run (signed: negative would mean
+    /// the perf count fell behind the program, which the reader reports).
+    pub skipped: i64,
+    /// 1 once the baseline is taken.
+    pub started: u64,
+}
+
 pub mod map_names {
     /// `RingBuf` of events.
     pub const EVENTS: &str = "EVENTS";
@@ -405,6 +431,10 @@ pub mod map_names {
     pub const THREAD_COUNTERS: &str = "THREAD_COUNTERS";
     /// `LruHashMap<u32 tid, u64 entry timestamp>`: threads inside a split-lock handler.
     pub const SPLIT_LOCK_WINDOW: &str = "SPLIT_LOCK_WINDOW";
+    /// `PerfEventArray` of per-CPU counting events on `signal:signal_generate`.
+    pub const TIMER_SIGNAL_HITS: &str = "TIMER_SIGNAL_HITS";
+    /// `PerCpuArray<TimerSignalTally>` (one slot).
+    pub const TIMER_SIGNAL_TALLY: &str = "TIMER_SIGNAL_TALLY";
 }
 
 /// Name of the global holding the [`TracerConfig`].
@@ -416,4 +446,5 @@ mod pod {
     // arrays, laid out without implicit padding, valid for every bit pattern.
     unsafe impl aya::Pod for super::ThreadCounters {}
     unsafe impl aya::Pod for super::TracerConfig {}
+    unsafe impl aya::Pod for super::TimerSignalTally {}
 }

@@ -18,25 +18,30 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic add on the BPF target, see above")]
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+        BPF_F_CURRENT_CPU, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE, bpf_perf_event_value,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_perf_event_read_value, bpf_probe_read_kernel,
     },
-    macros::{kprobe, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    macros::{kprobe, kretprobe, map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerfEventArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
     BUS_ADRALN, COMM_LEN, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventHeader, EventKind,
     FIELD_ABSENT, FIELD_READ_FAILED_SLOT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent,
     PunishmentReturnEvent, SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent,
-    SplitLockTrapEvent, ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, kvm_exit_reason,
-    vmx,
+    SplitLockTrapEvent, ThreadCounters, TimerSignalTally, TracerConfig, WINDOW_INSERT_FAILED_SLOT,
+    kvm_exit_reason, vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -56,6 +61,14 @@ static THREAD_COUNTERS: LruHashMap<u32, ThreadCounters> = LruHashMap::with_max_e
 
 #[map(name = "SPLIT_LOCK_WINDOW")]
 static SPLIT_LOCK_WINDOW: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU perf counting events on `signal:signal_generate` (`code == -2`),
+/// opened by the loader; empty where it could not open them.
+#[map(name = "TIMER_SIGNAL_HITS")]
+static TIMER_SIGNAL_HITS: PerfEventArray<u32> = PerfEventArray::new(0);
+
+#[map(name = "TIMER_SIGNAL_TALLY")]
+static TIMER_SIGNAL_TALLY: PerCpuArray<TimerSignalTally> = PerCpuArray::with_max_entries(1, 0);
 
 /// x86-64 `struct pt_regs`: `ip` is the 17th 8-byte slot (r15 .. orig_ax, ip).
 const PT_REGS_IP_OFFSET: usize = 16 * 8;
@@ -333,6 +346,15 @@ pub fn down_interruptible_ret(ctx: RetProbeContext) -> u32 {
 // ---------------------------------------------------------------------------
 // Tracepoints (always available where the kvm and signal events exist).
 
+/// What a program on a perf tracepoint returns: non-zero lets the kernel go
+/// on to the perf events other tools opened on the same tracepoint (zero
+/// would hide every `kvm:kvm_exit` from `perf kvm stat`, say, for as long
+/// as the tracer is attached: the BPF program runs first and its result
+/// gates the rest of the tracepoint's perf delivery). The entry points are
+/// written out, section name and all, because aya-ebpf's `#[tracepoint]`
+/// macro returns 0 whatever the function returns.
+const PASS_TO_PERF: u32 = 1;
+
 #[inline(always)]
 fn read_i32(ctx: &TracePointContext, offset: u32) -> Option<i32> {
     if offset == FIELD_ABSENT {
@@ -356,6 +378,47 @@ fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
     unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
 }
 
+/// Counts this run of a signal program for a timer signal and compares the
+/// CPU's runs with the kernel's perf count of the same tracepoint (see
+/// [`TimerSignalTally`]). Without a counter on this CPU it only counts.
+#[inline(always)]
+fn tally_timer_signal() {
+    let Some(tally) = TIMER_SIGNAL_TALLY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot; the kernel does not nest a program inside
+    // itself on one CPU (it counts a recursion miss instead).
+    let tally = unsafe { &mut *tally };
+    tally.runs += 1;
+    let mut value = bpf_perf_event_value {
+        counter: 0,
+        enabled: 0,
+        running: 0,
+    };
+    // SAFETY: the map pointer is the map definition itself (PerfEventArray
+    // is a transparent wrapper of it); `value` is a valid buffer of the
+    // size passed.
+    let status = unsafe {
+        bpf_perf_event_read_value(
+            (&raw const TIMER_SIGNAL_HITS).cast_mut().cast(),
+            u64::from(BPF_F_CURRENT_CPU),
+            &raw mut value,
+            size_of::<bpf_perf_event_value>() as u32,
+        )
+    };
+    if status != 0 {
+        return;
+    }
+    if tally.started == 0 {
+        tally.baseline_hits = value.counter;
+        tally.baseline_runs = tally.runs;
+        tally.started = 1;
+    }
+    let hits = value.counter.wrapping_sub(tally.baseline_hits);
+    let runs = tally.runs - tally.baseline_runs;
+    tally.skipped = hits.wrapping_sub(runs) as i64;
+}
+
 /// What both `signal_generate` programs do with one generated signal:
 /// timer signals anywhere, SIGBUS/BUS_ADRALN anywhere, and any signal aimed
 /// at a thread the tracer already counts.
@@ -363,6 +426,9 @@ fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
 fn on_signal(sig: i32, errno: i32, code: i32, target: i32, group: i32, result: i32) {
     let is_timer = code == SI_TIMER;
     let is_sigbus = sig == SIGBUS && code == BUS_ADRALN;
+    if is_timer {
+        tally_timer_signal();
+    }
     let now = now_ns();
     match counters(target as u32, is_timer || is_sigbus) {
         Some(counters) => {
@@ -399,26 +465,32 @@ fn on_signal(sig: i32, errno: i32, code: i32, target: i32, group: i32, result: i
 
 /// `signal:signal_generate` through perf: the fallback when the raw
 /// tracepoint cannot be used (no BTF for `task_struct.pid`).
-#[tracepoint(category = "signal", name = "signal_generate")]
-pub fn signal_generate(ctx: TracePointContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/signal/signal_generate")]
+pub fn signal_generate(ctx: *mut c_void) -> u32 {
+    on_signal_tracepoint(&TracePointContext::new(ctx));
+    PASS_TO_PERF
+}
+
+#[inline(always)]
+fn on_signal_tracepoint(ctx: &TracePointContext) {
     let layout = config().signal_generate;
     let (Some(sig), Some(code), Some(target)) = (
-        read_i32(&ctx, layout.sig),
-        read_i32(&ctx, layout.code),
-        read_i32(&ctx, layout.pid),
+        read_i32(ctx, layout.sig),
+        read_i32(ctx, layout.code),
+        read_i32(ctx, layout.pid),
     ) else {
         count_unreadable();
-        return 0;
+        return;
     };
     on_signal(
         sig,
-        read_i32(&ctx, layout.errno).unwrap_or(0),
+        read_i32(ctx, layout.errno).unwrap_or(0),
         code,
         target,
-        read_i32(&ctx, layout.group).unwrap_or(-1),
-        read_i32(&ctx, layout.result).unwrap_or(-1),
+        read_i32(ctx, layout.group).unwrap_or(-1),
+        read_i32(ctx, layout.result).unwrap_or(-1),
     );
-    0
 }
 
 /// `kernel_siginfo` offsets (the UAPI siginfo header: si_signo, si_errno,
@@ -479,15 +551,22 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 /// `kvm:kvm_userspace_exit`: every return of KVM_RUN, in the vCPU thread.
-#[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
-pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/kvm/kvm_userspace_exit")]
+pub fn kvm_userspace_exit(ctx: *mut c_void) -> u32 {
+    on_kvm_userspace_exit(&TracePointContext::new(ctx));
+    PASS_TO_PERF
+}
+
+#[inline(always)]
+fn on_kvm_userspace_exit(ctx: &TracePointContext) {
     let (tgid, tid) = current_ids();
     if filtered_out(tgid) {
-        return 0;
+        return;
     }
     let layout = config().kvm_userspace_exit;
-    let reason = read_u32(&ctx, layout.reason);
-    let errno = read_i32(&ctx, layout.errno).unwrap_or(0);
+    let reason = read_u32(ctx, layout.reason);
+    let errno = read_i32(ctx, layout.errno).unwrap_or(0);
     let now = now_ns();
     if let Some(counters) = own_counters(tgid, tid, now) {
         bump(&mut counters.userspace_exits);
@@ -505,23 +584,29 @@ pub fn kvm_userspace_exit(ctx: TracePointContext) -> u32 {
             errno,
         },
     );
-    0
 }
 
 /// `kvm:kvm_exit`: counted always; recorded for split-lock #AC exits (VMX
 /// exit reason 0 with a valid hardware-exception #AC in `intr_info`) and for
 /// failed VM entries.
-#[tracepoint(category = "kvm", name = "kvm_exit")]
-pub fn kvm_exit(ctx: TracePointContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/kvm/kvm_exit")]
+pub fn kvm_exit(ctx: *mut c_void) -> u32 {
+    on_kvm_exit(&TracePointContext::new(ctx));
+    PASS_TO_PERF
+}
+
+#[inline(always)]
+fn on_kvm_exit(ctx: &TracePointContext) {
     let (tgid, tid) = current_ids();
     if filtered_out(tgid) {
-        return 0;
+        return;
     }
     let layout = config().kvm_exit;
-    let exit_reason = read_u32(&ctx, layout.exit_reason);
-    let isa = read_u32(&ctx, layout.isa);
-    let intr_info = read_u32(&ctx, layout.intr_info);
-    let vcpu_id = read_u32(&ctx, layout.vcpu_id);
+    let exit_reason = read_u32(ctx, layout.exit_reason);
+    let isa = read_u32(ctx, layout.isa);
+    let intr_info = read_u32(ctx, layout.intr_info);
+    let vcpu_id = read_u32(ctx, layout.vcpu_id);
     let split_lock = isa == vmx::ISA_VMX
         && exit_reason == vmx::EXIT_REASON_EXCEPTION_NMI
         && intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC;
@@ -535,7 +620,7 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
         }
     }
     if !(split_lock || failed_entry) {
-        return 0;
+        return;
     }
     emit(
         EventKind::KvmExit,
@@ -543,16 +628,15 @@ pub fn kvm_exit(ctx: TracePointContext) -> u32 {
             header: header(EventKind::KvmExit, now, tgid, tid),
             exit_reason,
             isa,
-            guest_rip: read_u64(&ctx, layout.guest_rip),
-            info1: read_u64(&ctx, layout.info1),
-            info2: read_u64(&ctx, layout.info2),
+            guest_rip: read_u64(ctx, layout.guest_rip),
+            info1: read_u64(ctx, layout.info1),
+            info2: read_u64(ctx, layout.info2),
             intr_info,
-            error_code: read_u32(&ctx, layout.error_code),
+            error_code: read_u32(ctx, layout.error_code),
             vcpu_id,
             reserved: 0,
         },
     );
-    0
 }
 
 #[cfg(not(test))]

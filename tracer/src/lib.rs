@@ -14,6 +14,7 @@ pub mod recording;
 pub mod report;
 pub mod repro;
 pub mod session;
+pub mod signal_check;
 pub mod simulate;
 pub mod storm;
 pub mod version;

@@ -23,8 +23,9 @@ pub struct ViewStatus {
     pub lost_ring: u64,
     /// Undecodable records so far.
     pub lost_undecodable: u64,
-    /// Program runs skipped by the kernel for recursion so far.
-    pub lost_recursion: u64,
+    /// Program runs the kernel skipped so far (recursion misses and the
+    /// runs its own tracepoint count shows were skipped).
+    pub lost_kernel_skipped: u64,
     /// Failed inserts into the in-kernel counter map.
     #[serde(default)]
     pub counter_map_full: u64,
@@ -69,14 +70,14 @@ fn rate(value: f64) -> String {
 /// Renders the whole screen: header, table, footer.
 pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
     let mut out = format!(
-        "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} recursion {} | {:.0} s\n",
+        "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} skipped by kernel {} | {:.0} s\n",
         status.mode,
         status.probes_attached,
         status.probes_total,
         rate(status.events_per_s),
         status.lost_ring,
         status.lost_undecodable,
-        status.lost_recursion,
+        status.lost_kernel_skipped,
         status.elapsed_s
     );
     if status.counter_map_full + status.window_map_full > 0 {

@@ -180,13 +180,14 @@ pub fn encode_metrics(
     let lost = Family::<CauseLabels, Counter>::default();
     registry.register(
         "lost_events",
-        "Events the tracer lost, by cause (ring_full, undecodable, recursion_miss, counter_map_full, window_map_full)",
+        "Events the tracer lost, by cause (ring_full, undecodable, recursion_miss, skipped_by_kernel, counter_map_full, window_map_full)",
         lost.clone(),
     );
     for (cause, count) in [
         ("ring_full", losses.ring_total()),
         ("undecodable", losses.undecodable_total()),
         ("recursion_miss", losses.recursion_total()),
+        ("skipped_by_kernel", losses.skipped_by_kernel_total()),
         ("counter_map_full", losses.counter_map_full),
         ("window_map_full", losses.window_map_full),
     ] {

@@ -28,6 +28,9 @@ pub enum ProbeKind {
     Tracepoint,
     /// Static tracepoint, raw (`BPF_PROG_TYPE_RAW_TRACEPOINT`).
     RawTracepoint,
+    /// Per-CPU perf counting events the programs read (no program of
+    /// their own).
+    PerfCounter,
 }
 
 impl fmt::Display for ProbeKind {
@@ -37,6 +40,7 @@ impl fmt::Display for ProbeKind {
             Self::Kretprobe => "kretprobe",
             Self::Tracepoint => "tracepoint",
             Self::RawTracepoint => "raw_tracepoint",
+            Self::PerfCounter => "perf counter",
         })
     }
 }
@@ -221,11 +225,13 @@ impl ProbeReport {
         }
     }
 
-    /// Number of probes that could be attached here: every probe but a
-    /// fallback whose primary is attached.
+    /// Number of programs that could be attached here: every program but a
+    /// fallback whose primary is attached (the perf counters the programs
+    /// read are not programs).
     pub fn usable_count(&self) -> usize {
         self.entries
             .iter()
+            .filter(|entry| entry.kind != ProbeKind::PerfCounter)
             .filter(|entry| {
                 !FALLBACKS
                     .iter()
@@ -234,10 +240,11 @@ impl ProbeReport {
             .count()
     }
 
-    /// Number of attached probes.
+    /// Number of attached programs.
     pub fn attached_count(&self) -> usize {
         self.entries
             .iter()
+            .filter(|entry| entry.kind != ProbeKind::PerfCounter)
             .filter(|entry| entry.status.is_attached())
             .count()
     }
@@ -316,6 +323,10 @@ pub fn attach_all(ebpf: &mut Ebpf, context: &AttachContext<'_>) -> ProbeReport {
                 None => attach_tracepoint(ebpf, spec, context.tracefs),
             },
             ProbeKind::Kprobe | ProbeKind::Kretprobe => attach_kprobe(ebpf, spec, context),
+            // Opened by `signal_check`, never listed in PROBES.
+            ProbeKind::PerfCounter => ProbeStatus::Failed {
+                reason: "perf counters are not programs".to_owned(),
+            },
         };
         entries.push(ProbeReportEntry {
             program: spec.program.to_owned(),

@@ -27,6 +27,7 @@ use crate::{
         tracefs::{self, EventFormat},
     },
     probes::{self, AttachContext, ProbeReport, TracingMode},
+    signal_check::TimerSignalCounters,
 };
 
 /// Options of a session.
@@ -67,6 +68,11 @@ pub struct LossCounts {
     /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
     /// generating a signal while a tracepoint program ran), per program.
     pub recursion_misses: BTreeMap<String, u64>,
+    /// Timer signals the kernel generated without running the signal
+    /// program and without a recursion miss, by its own perf count of the
+    /// tracepoint (`signal_check`), per program (`signal_generate`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_by_kernel: BTreeMap<String, u64>,
 }
 
 impl LossCounts {
@@ -80,14 +86,24 @@ impl LossCounts {
         self.undecodable.values().sum()
     }
 
-    /// Total skipped program runs.
+    /// Total program runs the kernel skipped for recursion.
     pub fn recursion_total(&self) -> u64 {
         self.recursion_misses.values().sum()
     }
 
+    /// Total runs the kernel skipped without counting a recursion miss.
+    pub fn skipped_by_kernel_total(&self) -> u64 {
+        self.skipped_by_kernel.values().sum()
+    }
+
+    /// Every program run the kernel skipped, counted either way.
+    pub fn kernel_skipped_total(&self) -> u64 {
+        self.recursion_total() + self.skipped_by_kernel_total()
+    }
+
     /// Everything lost.
     pub fn total(&self) -> u64 {
-        self.ring_total() + self.undecodable_total() + self.recursion_total()
+        self.ring_total() + self.undecodable_total() + self.kernel_skipped_total()
     }
 
     /// Records one decode failure.
@@ -112,6 +128,8 @@ pub struct TraceSession {
     pub ring_bytes: u32,
     /// Undecodable-record counts (kernel drops are read from the map).
     undecodable: LossCounts,
+    /// The kernel's own count of timer signals.
+    timer_signal_counters: TimerSignalCounters,
 }
 
 /// Checks for root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for older kernels).
@@ -200,6 +218,8 @@ pub struct AttachedProbes {
     pub layout_problems: Vec<LayoutProblem>,
     /// tracefs mount point used.
     pub tracefs: Option<PathBuf>,
+    /// The kernel's count of timer signals, for the skipped-run check.
+    pub timer_signal_counters: TimerSignalCounters,
 }
 
 /// Loads the eBPF object and tries every probe on its own.
@@ -240,12 +260,16 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
             .collect(),
         task_pid_offset,
     };
-    let report = probes::attach_all(&mut ebpf, &context);
+    let mut report = probes::attach_all(&mut ebpf, &context);
+    let (entry, timer_signal_counters) =
+        crate::signal_check::open_counters(&mut ebpf, tracefs.as_deref());
+    report.entries.push(entry);
     Ok(AttachedProbes {
         ebpf,
         report,
         layout_problems,
         tracefs,
+        timer_signal_counters,
     })
 }
 
@@ -268,6 +292,7 @@ impl TraceSession {
             report,
             layout_problems,
             tracefs,
+            timer_signal_counters,
         } = attach_probes(options)?;
         let mode = report.mode().ok_or_else(|| {
             anyhow!(
@@ -299,6 +324,7 @@ impl TraceSession {
                 .ring_bytes
                 .unwrap_or(tracer_common::DEFAULT_RING_BYTES),
             undecodable: LossCounts::default(),
+            timer_signal_counters,
         })
     }
 
@@ -341,6 +367,15 @@ impl TraceSession {
     pub fn losses(&self) -> anyhow::Result<LossCounts> {
         let mut losses = self.undecodable.clone();
         losses.recursion_misses = self.recursion_misses();
+        if let Some(skipped) = self
+            .timer_signal_counters
+            .skipped(&self.ebpf)
+            .filter(|&n| n > 0)
+        {
+            losses
+                .skipped_by_kernel
+                .insert(crate::signal_check::SKIPPED_DETAIL.to_owned(), skipped);
+        }
         let map = self
             .ebpf
             .map(map_names::RING_DROPS)

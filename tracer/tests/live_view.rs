@@ -68,7 +68,7 @@ fn json_lines_totals_equal_the_reproducers_counts() {
         .iter()
         .find(|row| row["tid"] == vcpu.tid)
         .unwrap_or_else(|| panic!("no row for tid {}: {last}", vcpu.tid));
-    let recursion = last["status"]["lost_recursion"].as_u64().unwrap();
+    let recursion = last["status"]["lost_kernel_skipped"].as_u64().unwrap();
     assert_eq!(last["status"]["lost_ring"], 0);
     let eintr = row["totals"]["eintr_exits"].as_u64().unwrap();
     let signals = row["totals"]["timer_signals"].as_u64().unwrap();

@@ -117,7 +117,8 @@ fn round_trip(period: Duration, vcpus: u32) {
         .count() as u64;
     assert_eq!(summary.events_written, event_lines);
     let signal_misses = recursion_misses(&summary.losses, "signal_generate")
-        + recursion_misses(&summary.losses, "signal_generate_raw");
+        + recursion_misses(&summary.losses, "signal_generate_raw")
+        + summary.losses.skipped_by_kernel_total();
     let exit_misses = recursion_misses(&summary.losses, "kvm_userspace_exit");
 
     for vcpu in &report.vcpus {

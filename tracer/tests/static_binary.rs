@@ -195,7 +195,7 @@ fn static_binary_runs_in_a_root_without_build_tools() {
         .iter()
         .find(|row| row.tid == vcpu.tid)
         .expect("the vCPU thread");
-    let misses = summary.losses.recursion_total();
+    let misses = summary.losses.kernel_skipped_total();
     assert_counted(
         "EINTR exits in the bare root",
         row.totals.eintr_exits,

@@ -422,7 +422,7 @@ impl TraceLoop<'_> {
                         events_per_s: events_this_interval as f64 / last_tick.elapsed().as_secs_f64().max(1e-3),
                         lost_ring: losses.ring_total(),
                         lost_undecodable: losses.undecodable_total(),
-                        lost_recursion: losses.recursion_total(),
+                        lost_kernel_skipped: losses.kernel_skipped_total(),
                         counter_map_full: losses.counter_map_full,
                         window_map_full: losses.window_map_full,
                         recorder_not_written: recorder.as_ref().map_or(0, |r| r.writer.not_written()),
@@ -496,13 +496,13 @@ impl TraceLoop<'_> {
                 .unwrap_or(Verdict::Idle);
             let written = recorder.map_or(0, |r| r.writer.events_written());
             eprintln!(
-                "recording {:.0} s: {} events written, {} not written, lost: ring {} undecodable {} recursion {} | {} threads, worst verdict {}",
+                "recording {:.0} s: {} events written, {} not written, lost: ring {} undecodable {} skipped by kernel {} | {} threads, worst verdict {}",
                 status.elapsed_s,
                 written,
                 status.recorder_not_written,
                 status.lost_ring,
                 status.lost_undecodable,
-                status.lost_recursion,
+                status.lost_kernel_skipped,
                 rows.len(),
                 worst.label()
             );

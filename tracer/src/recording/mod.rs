@@ -112,6 +112,10 @@ pub enum LostCause {
     Undecodable,
     /// The kernel skipped a program run (`recursion_misses`; detail: program).
     RecursionMiss,
+    /// The kernel generated a timer signal without running the signal
+    /// program and without a recursion miss, by its own perf count of the
+    /// tracepoint (detail: program).
+    SkippedByKernel,
     /// The in-kernel per-thread counter map was full.
     CounterMapFull,
     /// The split-lock window map was full (sleep/semaphore results missed).
@@ -225,6 +229,9 @@ pub fn apply_loss(totals: &mut LossCounts, record: &LostRecord) {
         LostCause::RecursionMiss => {
             *totals.recursion_misses.entry(detail).or_default() += record.count;
         }
+        LostCause::SkippedByKernel => {
+            *totals.skipped_by_kernel.entry(detail).or_default() += record.count;
+        }
         LostCause::CounterMapFull => totals.counter_map_full += record.count,
         LostCause::WindowMapFull => totals.window_map_full += record.count,
         LostCause::RecorderQueueFull => {}
@@ -274,6 +281,13 @@ pub fn loss_records(before: &LossCounts, now: &LossCounts, ts_ns: u64) -> Vec<Lo
         &now.recursion_misses,
         ts_ns,
     );
+    keyed(
+        &mut out,
+        LostCause::SkippedByKernel,
+        &before.skipped_by_kernel,
+        &now.skipped_by_kernel,
+        ts_ns,
+    );
     for (cause, old, new) in [
         (
             LostCause::CounterMapFull,
@@ -310,8 +324,12 @@ mod tests {
         now.ring_full.insert("signal_generate".into(), 5);
         now.ring_full.insert("kvm_exit".into(), 1);
         now.window_map_full = 2;
+        now.skipped_by_kernel.insert("signal_generate".into(), 4);
         let records = loss_records(&before, &now, 7);
-        assert_eq!(records.len(), 3);
+        assert_eq!(records.len(), 4);
+        assert!(records.iter().any(|r| r.cause == LostCause::SkippedByKernel
+            && r.detail.as_deref() == Some("signal_generate")
+            && r.count == 4));
         assert!(records.iter().any(|r| r.cause == LostCause::RingFull
             && r.detail.as_deref() == Some("signal_generate")
             && r.count == 2));

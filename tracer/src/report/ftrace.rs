@@ -242,10 +242,11 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
     let losses = &result.losses;
     let _ = writeln!(
         out,
-        "# lost: ring buffer {}, undecodable {}, recursion {}, counter map full {}, window map full {}, not written by the recorder {}",
+        "# lost: ring buffer {}, undecodable {}, recursion {}, skipped by the kernel {}, counter map full {}, window map full {}, not written by the recorder {}",
         losses.ring_total(),
         losses.undecodable_total(),
         losses.recursion_total(),
+        losses.skipped_by_kernel_total(),
         losses.counter_map_full,
         losses.window_map_full,
         result.events_not_written

@@ -273,7 +273,7 @@ impl Replay {
             },
             lost_ring: losses.ring_total(),
             lost_undecodable: losses.undecodable_total(),
-            lost_recursion: losses.recursion_total(),
+            lost_kernel_skipped: losses.kernel_skipped_total(),
             counter_map_full: losses.counter_map_full,
             window_map_full: losses.window_map_full,
             recorder_not_written: events_not_written,

@@ -418,6 +418,9 @@ fn loss_run(
         .iter()
         .filter_map(|program| losses["recursion_misses"][program].as_u64())
         .sum::<u64>();
+    let skipped_by_kernel = losses["skipped_by_kernel"]["signal_generate"]
+        .as_u64()
+        .unwrap_or(0);
     let reported = ring_full + not_written + undecodable;
     Ok(json!({
         "ring_mib": options.ring_mib.unwrap_or(4),
@@ -433,13 +436,18 @@ fn loss_run(
         "reported_not_written": not_written,
         "reported_undecodable": undecodable,
         "reported_recursion_misses": recursion,
-        // Events the kernel never ran the program for (and did not count
-        // as a recursion miss): ground truth minus the in-kernel counter.
-        "kernel_skipped_unreported": truth.saturating_sub(kernel + recursion),
+        // Timer signals the kernel generated without running the program,
+        // by the tracer's own perf count of the tracepoint.
+        "reported_skipped_by_kernel": skipped_by_kernel,
+        // What nobody reported: ground truth minus the in-kernel counter
+        // and both kinds of reported kernel skips.
+        "unaccounted": truth.saturating_sub(kernel + recursion + skipped_by_kernel),
         // The tracer's own accounting: what its programs counted is either
         // in the file or reported lost.
         "exact": kernel == recorded + reported,
-        "complete": recorded == truth && reported + recursion == 0,
+        // Every signal of the storm is in the file or reported lost.
+        "accounted": truth == recorded + reported + recursion + skipped_by_kernel,
+        "complete": recorded == truth && reported + recursion + skipped_by_kernel == 0,
         "tracer_cpu_s": stopped.cpu_s,
         "tracer_peak_rss_kib": stopped.peak_rss_kib,
     }))
@@ -785,13 +793,13 @@ fn render(results: &Value) -> String {
     }
     out.push_str(
         "\n### Loss: signal storms (2 threads) under `tracer record`\n\n\
-         | signal probe | ring MiB | target/s | achieved/s | ground truth | tracepoint hits (perf stat) | in-kernel counter | recorded | reported lost (ring, queue, undecodable) | recursion misses | skipped by the kernel, unreported | exact | complete |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | signal probe | ring MiB | target/s | achieved/s | ground truth | tracepoint hits (perf stat) | in-kernel counter | recorded | reported lost (ring, queue, undecodable) | reported skipped by the kernel (recursion, perf count) | unaccounted | exact | accounted | complete |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in results["loss"].as_array().unwrap_or(&empty) {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {}, {}, {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {}, {}, {} | {}, {} | {} | {} | {} | {} |",
             match row["reader_stalled_s"].as_f64() {
                 Some(stall) => format!(
                     "{}, tracer stopped for {stall:.1} s",
@@ -814,8 +822,14 @@ fn render(results: &Value) -> String {
             row["reported_not_written"],
             row["reported_undecodable"],
             row["reported_recursion_misses"],
-            row["kernel_skipped_unreported"],
+            row["reported_skipped_by_kernel"],
+            row["unaccounted"],
             if row["exact"] == true {
+                "yes"
+            } else {
+                "**no**"
+            },
+            if row["accounted"] == true {
                 "yes"
             } else {
                 "**no**"
@@ -956,13 +970,15 @@ fn render_targets(results: &Value) -> String {
         out,
         "| zero loss at 100k events/s on 2 cores, against the storm's own count (default ring) | {} | {} |",
         at_100k.map_or("-".into(), |row| format!(
-            "recorded {} of {}, tracer-reported lost {}, skipped by the kernel {}",
+            "recorded {} of {}, tracer-reported lost {}, reported skipped by the kernel {}, unaccounted {}",
             row["recorded"],
             row["ground_truth"],
             row["reported_ring_full"].as_u64().unwrap_or(0)
                 + row["reported_not_written"].as_u64().unwrap_or(0)
                 + row["reported_undecodable"].as_u64().unwrap_or(0),
-            row["kernel_skipped_unreported"],
+            row["reported_recursion_misses"].as_u64().unwrap_or(0)
+                + row["reported_skipped_by_kernel"].as_u64().unwrap_or(0),
+            row["unaccounted"],
         )),
         met(at_100k.map(|row| row["complete"] == true)),
     );
