@@ -400,23 +400,21 @@ impl TracerConfig {
 /// count of `signal:signal_generate` timer signals (a perf counting event per
 /// CPU, filtered to `code == -2`, read by the program itself).
 ///
-/// At its first timer signal on a CPU the program takes both counts as the
-/// baseline; afterwards `skipped` = (tracepoint hits − baseline) − (program
-/// runs − baseline): timer signals the kernel generated on that CPU without
-/// running the program and without counting a recursion miss. Both counts
-/// are taken in the same place on every run, so whether the perf count
-/// already includes the current hit cancels out.
+/// At its first timer signal on a CPU the program takes hits − runs (the
+/// perf count minus its own runs) as the baseline; afterwards `skipped` =
+/// (hits − runs) − baseline: timer signals the kernel generated on that CPU
+/// without running the program and without counting a recursion miss. Both
+/// counts are taken in the same place on every run, so whether the perf
+/// count already includes the current hit cancels out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerSignalTally {
     /// Timer signals the program ran for on this CPU.
     pub runs: u64,
-    /// `runs` at the baseline.
-    pub baseline_runs: u64,
-    /// The perf count at the baseline.
-    pub baseline_hits: u64,
-    /// Skipped timer signals as of the last run (signed: negative would mean
-    /// the perf count fell behind the program, which the reader reports).
+    /// hits − runs at the first run.
+    pub baseline: i64,
+    /// Skipped timer signals as of the last run (negative would mean the
+    /// perf count fell behind the program: an inconsistency, shown as 0).
     pub skipped: i64,
     /// 1 once the baseline is taken.
     pub started: u64,

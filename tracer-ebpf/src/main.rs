@@ -409,14 +409,12 @@ fn tally_timer_signal() {
     if status != 0 {
         return;
     }
+    let difference = value.counter.wrapping_sub(tally.runs) as i64;
     if tally.started == 0 {
-        tally.baseline_hits = value.counter;
-        tally.baseline_runs = tally.runs;
+        tally.baseline = difference;
         tally.started = 1;
     }
-    let hits = value.counter.wrapping_sub(tally.baseline_hits);
-    let runs = tally.runs - tally.baseline_runs;
-    tally.skipped = hits.wrapping_sub(runs) as i64;
+    tally.skipped = difference.wrapping_sub(tally.baseline);
 }
 
 /// What both `signal_generate` programs do with one generated signal:

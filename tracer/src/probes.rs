@@ -204,7 +204,8 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
-    fn attached(&self, program: &str) -> bool {
+    /// Whether `program` attached.
+    pub fn attached(&self, program: &str) -> bool {
         self.entries
             .iter()
             .any(|entry| entry.program == program && entry.status.is_attached())

@@ -260,10 +260,13 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
             .collect(),
         task_pid_offset,
     };
-    let mut report = probes::attach_all(&mut ebpf, &context);
-    let (entry, timer_signal_counters) =
+    // The counters first: then the raw tracepoint attaches after perf's
+    // probe on signal_generate, which fixes the order the kernel calls them.
+    let (counter_entry, mut timer_signal_counters) =
         crate::signal_check::open_counters(&mut ebpf, tracefs.as_deref());
-    report.entries.push(entry);
+    let mut report = probes::attach_all(&mut ebpf, &context);
+    timer_signal_counters.set_signal_program(report.attached("signal_generate"));
+    report.entries.push(counter_entry);
     Ok(AttachedProbes {
         ebpf,
         report,

@@ -41,11 +41,19 @@ pub const SKIPPED_DETAIL: &str = "signal_generate";
 #[derive(Debug, Default)]
 pub struct TimerSignalCounters {
     per_cpu: Vec<(u32, OwnedFd)>,
+    /// Whether the perf count excludes the hit a program run is for: true
+    /// for the perf-tracepoint program (it runs before perf counts the
+    /// hit), false for the raw tracepoint (attached after the counters, so
+    /// the kernel calls perf's probe first). The reader, which sees the
+    /// count after every hit, corrects for it.
+    count_excludes_current_run: bool,
 }
 
-/// Opens the per-CPU counters and hands them to the programs. Never fails
-/// the session: without them, skipped runs are just not counted, and the
-/// returned entry says why.
+/// Opens the per-CPU counters and hands them to the programs; call it
+/// before the signal programs attach (see
+/// [`TimerSignalCounters::set_signal_program`]). Never fails the session:
+/// without them, skipped runs are just not counted, and the returned entry
+/// says why.
 pub fn open_counters(
     ebpf: &mut Ebpf,
     tracefs: Option<&Path>,
@@ -55,7 +63,10 @@ pub fn open_counters(
             ProbeStatus::Attached {
                 target: format!("{TARGET} if {FILTER}, counting on {} CPUs", per_cpu.len()),
             },
-            TimerSignalCounters { per_cpu },
+            TimerSignalCounters {
+                per_cpu,
+                count_excludes_current_run: false,
+            },
         ),
         Err(reason) => (
             ProbeStatus::Unavailable { reason },
@@ -185,6 +196,12 @@ fn map_update(map_fd: i32, key: u32, value_fd: i32) -> std::io::Result<()> {
 }
 
 impl TimerSignalCounters {
+    /// Tells which signal program attached: `perf_tracepoint` for the
+    /// `signal:signal_generate` program, false for the raw tracepoint.
+    pub fn set_signal_program(&mut self, perf_tracepoint: bool) {
+        self.count_excludes_current_run = perf_tracepoint;
+    }
+
     /// Timer signals the kernel generated without running the signal
     /// program, summed over CPUs; `None` without counters or when the tally
     /// map cannot be read.
@@ -215,7 +232,7 @@ impl TimerSignalCounters {
                 .filter_map(|((cpu, _), hits)| {
                     per_cpu
                         .get(*cpu as usize)
-                        .map(|tally| skipped_on_cpu(tally, hits))
+                        .map(|tally| skipped_on_cpu(tally, hits, self.count_excludes_current_run))
                 })
                 .sum(),
         )
@@ -224,13 +241,22 @@ impl TimerSignalCounters {
 
 /// One CPU's skipped timer signals: the larger of the program's figure at
 /// its last run and the one from the counter's current value `hits` (read
-/// before `tally`).
-fn skipped_on_cpu(tally: &TimerSignalTally, hits: Option<u64>) -> u64 {
+/// before `tally`). Where the program's perf reads exclude the hit it runs
+/// for, its baseline is one lower than the reader's view of the same state.
+fn skipped_on_cpu(
+    tally: &TimerSignalTally,
+    hits: Option<u64>,
+    count_excludes_current_run: bool,
+) -> u64 {
     let by_program = u64::try_from(tally.skipped).unwrap_or(0);
     let by_reader = match hits {
-        Some(hits) if tally.started != 0 => hits
-            .wrapping_sub(tally.baseline_hits)
-            .saturating_sub(tally.runs - tally.baseline_runs),
+        Some(hits) if tally.started != 0 => {
+            let difference = hits.wrapping_sub(tally.runs) as i64;
+            let skipped = difference
+                .wrapping_sub(tally.baseline)
+                .wrapping_sub(i64::from(count_excludes_current_run));
+            u64::try_from(skipped).unwrap_or(0)
+        }
         _ => 0,
     };
     by_program.max(by_reader)
@@ -254,12 +280,11 @@ pub fn read_count(counter: &OwnedFd) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Baseline at 100 hits / 1 run; 50 more runs since.
+    /// 50 runs so far; at the first run the count was 100 ahead of the runs.
     fn tally(skipped: i64) -> TimerSignalTally {
         TimerSignalTally {
-            runs: 51,
-            baseline_runs: 1,
-            baseline_hits: 100,
+            runs: 50,
+            baseline: 100,
             skipped,
             started: 1,
         }
@@ -269,24 +294,30 @@ mod tests {
     fn a_skip_after_the_last_run_shows_from_the_counter() {
         // The program saw 2 skips at its last run; the counter has moved on
         // by one hit the program never ran for.
-        assert_eq!(skipped_on_cpu(&tally(2), Some(153)), 3);
+        assert_eq!(skipped_on_cpu(&tally(2), Some(153), false), 3);
+        // Through the perf tracepoint the program's reads lag one hit.
+        assert_eq!(skipped_on_cpu(&tally(2), Some(153), true), 2);
+        assert_eq!(skipped_on_cpu(&tally(2), Some(154), true), 3);
     }
 
     #[test]
     fn a_run_between_the_two_reads_never_counts_as_a_skip() {
-        // Counter read at 150 (50 hits), then a run landed before the tally
-        // read (51 runs since the baseline): the reader's figure falls short
-        // and the program's own figure stands.
-        assert_eq!(skipped_on_cpu(&tally(0), Some(150)), 0);
-        assert_eq!(skipped_on_cpu(&tally(1), Some(150)), 1);
+        // Counter read at 150 (no skips), then a run landed before the tally
+        // read (51 runs): the reader's figure falls short and the program's
+        // own figure stands.
+        let mut later = tally(0);
+        later.runs = 51;
+        assert_eq!(skipped_on_cpu(&later, Some(150), false), 0);
+        later.skipped = 1;
+        assert_eq!(skipped_on_cpu(&later, Some(150), false), 1);
     }
 
     #[test]
     fn no_baseline_or_no_counter_leaves_the_programs_figure() {
         let fresh = TimerSignalTally::default();
-        assert_eq!(skipped_on_cpu(&fresh, Some(1_000)), 0);
-        assert_eq!(skipped_on_cpu(&tally(4), None), 4);
+        assert_eq!(skipped_on_cpu(&fresh, Some(1_000), false), 0);
+        assert_eq!(skipped_on_cpu(&tally(4), None, false), 4);
         // A perf count behind the program is an inconsistency, not a skip.
-        assert_eq!(skipped_on_cpu(&tally(-3), Some(120)), 0);
+        assert_eq!(skipped_on_cpu(&tally(-3), Some(120), false), 0);
     }
 }

@@ -13,6 +13,7 @@ use tracer::{
     repro::{self, GuestProgram, ReproConfig, TimerMode},
     session::{SessionOptions, attach_probes},
     signal_check,
+    storm::{self, StormConfig},
 };
 use tracer_common::{KVM_RUN_EINTR, SI_TIMER, kvm_exit_reason};
 
@@ -320,4 +321,74 @@ fn perf_users_still_see_the_tracepoints_while_attached() {
         vcpu.kvm_runs
     );
     drop(attached);
+}
+
+/// The skipped-run count is exact both ways on a timer-signal storm: every
+/// signal of the storm is recorded or reported skipped, and no more are
+/// reported skipped than the kernel's own count of timer signals over the
+/// storm leaves unrecorded. The test's counters open after the session has
+/// attached, so the kernel calls the probes in the order the tracer set up.
+#[test]
+fn skipped_timer_signals_are_counted_exactly() {
+    let name = "skipped_timer_signals_are_counted_exactly";
+    if !have_root(name) {
+        return;
+    }
+    let Some(tracefs) = tracer::kernel::tracefs::find_mounted() else {
+        skip(name, "tracefs is not mounted");
+        return;
+    };
+    let id = signal_check::tracepoint_id(&tracefs, "signal", "signal_generate").unwrap();
+    let seen = capture(move || {
+        let kernel: Vec<_> = aya::util::online_cpus()
+            .unwrap()
+            .into_iter()
+            .map(|cpu| signal_check::open_counter(id, cpu, Some(signal_check::FILTER)).unwrap())
+            .collect();
+        let storm = storm::run(&StormConfig {
+            threads: 2,
+            rate: Some(10_000.0),
+            duration: Duration::from_secs(3),
+            signal: libc::SIGUSR1,
+        })
+        .unwrap();
+        let kernel_total: u64 = kernel
+            .iter()
+            .map(|counter| signal_check::read_count(counter).unwrap())
+            .sum();
+        (storm, kernel_total)
+    });
+    assert!(
+        seen.probes
+            .entries
+            .iter()
+            .any(|entry| entry.program == signal_check::PROGRAM && entry.status.is_attached()),
+        "{:#?}",
+        seen.probes
+    );
+    let (storm, kernel_total) = seen.work;
+    let storm_tids: std::collections::HashSet<u32> =
+        storm.threads.iter().map(|thread| thread.tid).collect();
+    let recorded = seen
+        .events
+        .iter()
+        .filter(|event| {
+            matches!(event.body, EventBody::Signal { code, target_tid, .. }
+                if code == SI_TIMER && storm_tids.contains(&target_tid))
+        })
+        .count() as u64;
+    let skipped = seen.losses.skipped_by_kernel_total();
+    let recursion = seen.losses.recursion_total();
+    assert_eq!(seen.losses.ring_total(), 0, "{:?}", seen.losses);
+    assert!(kernel_total >= storm.signals_total);
+    assert_counted(
+        "storm timer signals",
+        recorded,
+        storm.signals_total,
+        skipped + recursion,
+    );
+    assert!(
+        skipped <= kernel_total - recorded,
+        "{skipped} reported skipped, but the kernel counted {kernel_total} timer signals during the storm and {recorded} of them were recorded"
+    );
 }
