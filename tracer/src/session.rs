@@ -410,7 +410,7 @@ impl TraceSession {
             .programs()
             .filter_map(|(name, program)| {
                 let fd = program.fd().ok()?;
-                let misses = program_recursion_misses(fd.as_fd()).ok()?;
+                let misses = crate::kernel::bpf::program_recursion_misses(fd.as_fd()).ok()?;
                 (misses > 0).then(|| (name.to_owned(), misses))
             })
             .collect()
@@ -430,44 +430,4 @@ impl TraceSession {
         }
         Ok(out)
     }
-}
-
-/// Reads `recursion_misses` of a loaded program (BPF_OBJ_GET_INFO_BY_FD, 5.12+;
-/// older kernels leave it 0).
-fn program_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
-
-    use aya_obj::generated::bpf_prog_info;
-
-    /// The `info` member of `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD,
-    /// padded with zeros as the kernel requires for unused attr bytes.
-    #[repr(C)]
-    struct GetInfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-        padding: [u64; 13],
-    }
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    // SAFETY: bpf_prog_info is a plain C struct; zero is a valid value.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = GetInfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<bpf_prog_info>() as u32,
-        info: (&raw mut info) as u64,
-        padding: [0; 13],
-    };
-    // SAFETY: valid attr and output buffer of the declared size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut attr,
-            size_of::<GetInfoAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(info.recursion_misses)
 }

@@ -23,7 +23,10 @@ use aya::{
 use perf_event_open_sys::{bindings, ioctls, perf_event_open};
 use tracer_common::{TimerSignalTally, map_names};
 
-use crate::probes::{ProbeKind, ProbeReportEntry, ProbeStatus};
+use crate::{
+    kernel::bpf::perf_event_array_set,
+    probes::{ProbeKind, ProbeReportEntry, ProbeStatus},
+};
 
 /// The event the counters count, as shown in the probe table.
 pub const TARGET: &str = "signal:signal_generate";
@@ -95,11 +98,10 @@ fn try_open(ebpf: &mut Ebpf, tracefs: Option<&Path>) -> Result<Vec<(u32, OwnedFd
             map_names::TIMER_SIGNAL_HITS
         ));
     };
-    let map_fd = map.fd().as_fd().as_raw_fd();
     let mut per_cpu = Vec::with_capacity(cpus.len());
     for &cpu in &cpus {
         let counter = open_counter(id, cpu, Some(FILTER))?;
-        map_update(map_fd, cpu, counter.as_raw_fd())
+        perf_event_array_set(map.fd().as_fd(), cpu, counter.as_fd())
             .map_err(|error| format!("storing the CPU {cpu} counter in the map: {error}"))?;
         per_cpu.push((cpu, counter));
     }
@@ -154,45 +156,6 @@ pub fn open_counter(id: u64, cpu: u32, filter: Option<&str>) -> Result<OwnedFd, 
         }
     }
     Ok(counter)
-}
-
-/// BPF_MAP_UPDATE_ELEM of a perf event descriptor (aya's `PerfEventArray`
-/// only stores the output buffers it opens itself).
-fn map_update(map_fd: i32, key: u32, value_fd: i32) -> std::io::Result<()> {
-    /// The map-element member of `union bpf_attr`, zero-padded as the
-    /// kernel requires for unused bytes.
-    #[repr(C)]
-    struct MapElemAttr {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-        padding: [u64; 12],
-    }
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    let value = value_fd as u32;
-    let attr = MapElemAttr {
-        map_fd: map_fd as u32,
-        pad: 0,
-        key: (&raw const key) as u64,
-        value: (&raw const value) as u64,
-        flags: 0,
-        padding: [0; 12],
-    };
-    // SAFETY: attr and the key/value it points to outlive the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &raw const attr,
-            size_of::<MapElemAttr>(),
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl TimerSignalCounters {
