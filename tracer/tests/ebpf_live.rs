@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_counted, capture, have_kvm, have_root, skip};
+use common::{assert_counted, capture, have_kvm, have_root, skip, split_lock_repro};
 use tracer::{
     events::EventBody,
     probes::{self, ProbeKind, ProbeStatus},
@@ -123,14 +123,12 @@ fn check_exact_counts(period: Duration, vcpus: u32) {
     if !have_root(&name) || !have_kvm(&name) {
         return;
     }
-    let config = ReproConfig {
+    let config = split_lock_repro(
         period,
-        duration: Duration::from_millis(1500),
+        Duration::from_millis(1500),
         vcpus,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode: TimerMode::PerRun,
-    };
+        TimerMode::PerRun,
+    );
     let seen = capture(move || repro::run(&config).unwrap());
     let report = seen.work;
     assert_eq!(seen.losses.ring_total(), 0, "{:?}", seen.losses);
@@ -296,14 +294,12 @@ fn perf_users_still_see_the_tracepoints_while_attached() {
     };
     let signals = counters("signal", "signal_generate", Some(signal_check::FILTER));
     let exits = counters("kvm", "kvm_userspace_exit", None);
-    let report = repro::run(&ReproConfig {
-        period: Duration::from_millis(1),
-        duration: Duration::from_millis(500),
-        vcpus: 1,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode: TimerMode::PerRun,
-    })
+    let report = repro::run(&split_lock_repro(
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+        1,
+        TimerMode::PerRun,
+    ))
     .unwrap();
     let vcpu = &report.vcpus[0];
     assert!(vcpu.signals_consumed > 100, "{vcpu:?}");

@@ -10,21 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip};
-use tracer::repro::{self, GuestProgram, ReproConfig, TimerMode};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
+use tracer::repro::{self, TimerMode};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
-
-fn repro_config(period_ms: u64, duration_ms: u64, timer_mode: TimerMode) -> ReproConfig {
-    ReproConfig {
-        period: Duration::from_millis(period_ms),
-        duration: Duration::from_millis(duration_ms),
-        vcpus: 1,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode,
-    }
-}
 
 #[test]
 fn json_lines_totals_equal_the_reproducers_counts() {
@@ -51,7 +40,13 @@ fn json_lines_totals_equal_the_reproducers_counts() {
     // The first line means the probes are attached.
     let first = lines.next().expect("a first JSON line").unwrap();
     assert!(first.contains("\"status\""), "{first}");
-    let report = repro::run(&repro_config(2, 2000, TimerMode::PerRun)).unwrap();
+    let report = repro::run(&split_lock_repro(
+        Duration::from_millis(2),
+        Duration::from_secs(2),
+        1,
+        TimerMode::PerRun,
+    ))
+    .unwrap();
     let vcpu = &report.vcpus[0];
     // The thread has exited: it leaves the view once silent for the window,
     // so take the last line that still shows it (after its last event).
@@ -113,8 +108,15 @@ fn terminal_screen_shows_the_vcpu_and_q_quits() {
     }
     let session = format!("tracer-live-{}", std::process::id());
     let pid = std::process::id();
-    let worker =
-        std::thread::spawn(|| repro::run(&repro_config(3, 6000, TimerMode::PerRun)).unwrap());
+    let worker = std::thread::spawn(|| {
+        repro::run(&split_lock_repro(
+            Duration::from_millis(3),
+            Duration::from_secs(6),
+            1,
+            TimerMode::PerRun,
+        ))
+        .unwrap()
+    });
     let command = format!("{TRACER} live -i 500ms -p {pid}");
     let started = tmux(&[
         "new-session",

@@ -10,12 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
 use tracer::{
     model::{ThreadRow, Verdict},
     recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
     report::Replay,
-    repro::{self, GuestProgram, ReproConfig, ReproReport, TimerMode},
+    repro::{self, ReproReport, TimerMode},
     session::LossCounts,
     simulate::{self, ProbeSet, Scenario},
 };
@@ -50,14 +50,12 @@ fn signal(child: &Child, signal: i32) {
 }
 
 fn run_repro(period: Duration, vcpus: u32, mode: TimerMode) -> ReproReport {
-    repro::run(&ReproConfig {
+    repro::run(&split_lock_repro(
         period,
-        duration: Duration::from_millis(1500),
+        Duration::from_millis(1500),
         vcpus,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode: mode,
-    })
+        mode,
+    ))
     .expect("reproducer")
 }
 

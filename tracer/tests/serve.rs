@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip};
-use tracer::repro::{self, GuestProgram, ReproConfig, TimerMode};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
+use tracer::repro::{self, TimerMode};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
@@ -155,14 +155,12 @@ fn prometheus_scrapes_the_vcpu_counters_of_the_reproducer() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let report = repro::run(&ReproConfig {
-        period: Duration::from_millis(1),
-        duration: Duration::from_millis(1500),
-        vcpus: 1,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode: TimerMode::PerRun,
-    })
+    let report = repro::run(&split_lock_repro(
+        Duration::from_millis(1),
+        Duration::from_millis(1500),
+        1,
+        TimerMode::PerRun,
+    ))
     .unwrap();
     let vcpu = &report.vcpus[0];
     let selector = format!("{{tid=\"{}\",vcpu=\"0\",pid=\"{}\"}}", vcpu.tid, report.pid);

@@ -13,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
 use tracer::{
     recording::{Record, reader::RecordingReader},
-    repro::{self, GuestProgram, ReproConfig, TimerMode},
+    repro::{self, TimerMode},
 };
 
 fn artefact(variable: &str, test: &str) -> Option<PathBuf> {
@@ -167,14 +167,12 @@ fn static_binary_runs_in_a_root_without_build_tools() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let report = repro::run(&ReproConfig {
-        period: Duration::from_millis(2),
-        duration: Duration::from_secs(1),
-        vcpus: 1,
-        signal: libc::SIGUSR1,
-        guest: GuestProgram::SplitLockLoop,
-        timer_mode: TimerMode::PerRun,
-    })
+    let report = repro::run(&split_lock_repro(
+        Duration::from_millis(2),
+        Duration::from_secs(1),
+        1,
+        TimerMode::PerRun,
+    ))
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child (chroot execs the tracer in place).

@@ -3,6 +3,24 @@
 
 use std::{io::Write as _, path::PathBuf};
 
+/// The seed's reproducer as the live tests run it: a guest looping on a
+/// split-locked `lock bts`, kicked by a SIGUSR1 timer of `period`.
+pub fn split_lock_repro(
+    period: std::time::Duration,
+    duration: std::time::Duration,
+    vcpus: u32,
+    timer_mode: tracer::repro::TimerMode,
+) -> tracer::repro::ReproConfig {
+    tracer::repro::ReproConfig {
+        period,
+        duration,
+        vcpus,
+        signal: libc::SIGUSR1,
+        guest: tracer::repro::GuestProgram::SplitLockLoop,
+        timer_mode,
+    }
+}
+
 /// Path of a fixture file.
 pub fn fixture(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
