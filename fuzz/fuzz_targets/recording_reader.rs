@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::{recording::reader::RecordingReader, report::Replay};
+use tracer::report::Replay;
+use tracer_events::reader::RecordingReader;
 
 fuzz_target!(|data: &[u8]| {
     let path = std::path::Path::new("fuzz-input");

@@ -49,12 +49,6 @@ pub enum Command {
         /// Output directory.
         dir: PathBuf,
     },
-    /// Write a modelled recording (never a captured one) of a vCPU that runs healthy, then livelocks.
-    #[command(hide = true)]
-    Simulate(SimulateArgs),
-    /// Benchmark workload: threads taking POSIX timer signals at a rate (JSON counts on stdout).
-    #[command(hide = true)]
-    SignalStorm(SignalStormArgs),
     /// Try to attach every probe, print the probe table, detach.
     #[command(after_help = "Example:\n  tracer probes\n  tracer probes --json")]
     Probes(ProbesArgs),
@@ -177,6 +171,12 @@ pub struct ServeArgs {
     /// How often the metrics are recomputed.
     #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
     pub interval: Duration,
+    /// Also record to this file (as `tracer record -o` does).
+    #[arg(long = "record", value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Recording options (with `--record`).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `tracer doctor`.
@@ -203,59 +203,6 @@ pub struct ProbesArgs {
     /// Print JSON instead of a table.
     #[arg(long = "json")]
     pub json: bool,
-}
-
-/// Probe set of a modelled recording.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModelledProbes {
-    /// kprobes and tracepoints.
-    Full,
-    /// Tracepoints only.
-    TracepointOnly,
-}
-
-/// `tracer simulate` (hidden; used by `cargo xtask bench` for the verdict
-/// latency).
-#[derive(Debug, Args)]
-pub struct SimulateArgs {
-    /// Output file.
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
-    pub output: PathBuf,
-    /// Overwrite an existing file.
-    #[arg(long = "force")]
-    pub force: bool,
-    /// Probes the modelled tracer had.
-    #[arg(long = "probes", value_enum, default_value = "full")]
-    pub probes: ModelledProbes,
-    /// VMM timer period.
-    #[arg(long = "period", default_value = "1ms", value_parser = parse_duration_millis)]
-    pub period: Duration,
-    /// Kernel HZ.
-    #[arg(long = "hz", default_value_t = 250)]
-    pub hz: u32,
-    /// Time before the punishment starts (`kernel.split_lock_mitigate` 0, then 1).
-    #[arg(long = "healthy", default_value = "5s", value_parser = parse_duration_seconds)]
-    pub healthy: Duration,
-    /// Whole length of the run.
-    #[arg(short = 'd', long = "duration", default_value = "10s", value_parser = parse_duration_seconds)]
-    pub duration: Duration,
-}
-
-/// `tracer signal-storm` (hidden; used by `cargo xtask bench`).
-#[derive(Debug, Args)]
-pub struct SignalStormArgs {
-    /// Threads, each with its own timer.
-    #[arg(long = "threads", default_value_t = 1)]
-    pub threads: u32,
-    /// Total signals per second over all threads (default: as fast as possible).
-    #[arg(long = "rate")]
-    pub rate: Option<f64>,
-    /// How long the timers run (`10s`, plain seconds).
-    #[arg(short = 'd', long = "duration", default_value = "10s", value_parser = parse_duration_seconds)]
-    pub duration: Duration,
-    /// Signal number (SIGUSR1 = 10).
-    #[arg(long = "signal", default_value_t = libc::SIGUSR1)]
-    pub signal: i32,
 }
 
 /// `tracer repro`.

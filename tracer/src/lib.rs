@@ -10,12 +10,15 @@ pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod probes;
-pub mod recording;
 pub mod report;
 pub mod repro;
+pub mod runner;
 pub mod session;
 pub mod signal_check;
+#[cfg(any(test, feature = "testkit"))]
 pub mod simulate;
+pub mod sinks;
+#[cfg(any(test, feature = "testkit"))]
 pub mod storm;
 pub mod version;
 

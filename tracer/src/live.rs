@@ -6,13 +6,17 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{LIVELOCK_MITIGATIONS, ThreadRow, Verdict};
+use tracer_events::{ThreadRow, TracingMode, Verdict};
+
+use crate::model::LIVELOCK_MITIGATIONS;
 
 /// What the header shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ViewStatus {
-    /// `full` or `tracepoint-only`.
-    pub mode: String,
+    /// The tracing mode (`None`: nothing useful attached); shown and
+    /// serialised as `full`, `tracepoint-only` or `none`.
+    #[serde(with = "mode_text")]
+    pub mode: Option<TracingMode>,
     /// Attached probes.
     pub probes_attached: usize,
     /// All probes.
@@ -37,6 +41,34 @@ pub struct ViewStatus {
     pub recorder_not_written: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
+}
+
+/// `ViewStatus.mode` as the text the header shows.
+mod mode_text {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use tracer_events::TracingMode;
+
+    #[expect(
+        clippy::ref_option,
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's serialize_with passes the field by reference"
+    )]
+    pub fn serialize<S: Serializer>(mode: &Option<TracingMode>, out: S) -> Result<S::Ok, S::Error> {
+        match mode {
+            Some(mode) => out.collect_str(mode),
+            None => out.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        input: D,
+    ) -> Result<Option<TracingMode>, D::Error> {
+        match String::deserialize(input)?.as_str() {
+            "full" => Ok(Some(TracingMode::Full)),
+            "tracepoint-only" => Ok(Some(TracingMode::TracepointOnly)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Whether to colour cells (terminals) or not (pipes, snapshots).
@@ -71,7 +103,9 @@ fn rate(value: f64) -> String {
 pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
     let mut out = format!(
         "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} skipped by kernel {} | {:.0} s\n",
-        status.mode,
+        status
+            .mode
+            .map_or_else(|| "none".to_owned(), |mode| mode.to_string()),
         status.probes_attached,
         status.probes_total,
         rate(status.events_per_s),
@@ -192,15 +226,17 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
 
 #[cfg(test)]
 mod tests {
+    use tracer_events::ProcessInfo;
+
     use super::*;
     use crate::{
-        model::{Model, ProcessInfo},
+        model::Model,
         simulate::{self, ProbeSet, Scenario},
     };
 
     fn status() -> ViewStatus {
         ViewStatus {
-            mode: "full".into(),
+            mode: Some(TracingMode::Full),
             probes_attached: 10,
             probes_total: 10,
             events_per_s: 2010.0,
@@ -234,8 +270,7 @@ mod tests {
     #[test]
     fn livelocked_and_throttled_vcpus() {
         let stuck = Scenario::seed_001(250, 1.0, 3000);
-        let mut slow = Scenario::seed_001(250, 50.0, 3000);
-        slow.tid = 4251;
+        let slow = Scenario::seed_001(250, 50.0, 3000).with_identity(4242, 4251, "haos", 1);
         let screen = render(&status(), &rows_for(&[stuck, slow]), Style::Plain, 160);
         insta::assert_snapshot!(screen);
     }
@@ -245,7 +280,7 @@ mod tests {
         let mut stuck = Scenario::seed_001(1000, 2.0, 3000);
         stuck.probes = ProbeSet::TracepointOnly;
         let mut view = status();
-        view.mode = "tracepoint-only".into();
+        view.mode = Some(TracingMode::TracepointOnly);
         view.probes_attached = 3;
         let screen = render(&view, &rows_for(&[stuck]), Style::Plain, 160);
         insta::assert_snapshot!(screen);

@@ -1,26 +1,17 @@
 //! `tracer`: parse the command line, run the subcommand, exit with its code.
 
 use clap::Parser as _;
-use tracer::cli::{Cli, Command, LiveArgs, OutputArgs, TraceArgs};
+use tracer::cli::Cli;
 
 fn main() {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or_else(|| {
-        Command::Live(LiveArgs {
-            trace: TraceArgs {
-                pid: None,
-                duration: None,
-                ring_mib: None,
-                no_raw_tracepoint: false,
-            },
-            interval: std::time::Duration::from_secs(1),
-            vm: None,
-            all: false,
-            json: false,
-            record: None,
-            output: OutputArgs::default(),
-        })
-    });
+    // No subcommand is `tracer live` with its defaults (clap's, not a copy).
+    let command = match cli.command {
+        Some(command) => command,
+        None => Cli::parse_from(["tracer", "live"])
+            .command
+            .expect("`live` is a subcommand"),
+    };
     let code = match tracer::commands::run(command) {
         Ok(code) => code,
         Err(error) => {

@@ -9,12 +9,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    live::ViewStatus,
-    model::{ThreadRow, Verdict},
-    probes::ProbeReport,
-    session::LossCounts,
-};
+use tracer_events::{LossCounts, ProbeReport, ThreadRow, TracingMode, Verdict};
+
+use crate::live::ViewStatus;
 
 /// Labels of a per-thread series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,20 +144,35 @@ pub fn encode_metrics(
             vcpu: row.vcpu.map(|vcpu| vcpu.to_string()).unwrap_or_default(),
             tid: row.tid.to_string(),
         };
+        // The kernel's exact per-thread counts where the session has them
+        // (they miss nothing the ring dropped); the model's totals otherwise.
         let totals = &row.totals;
-        traps.get_or_create(&labels).inc_by(totals.traps);
+        let exact = row.kernel.as_ref();
+        let pick = |kernel: fn(&tracer_events::KernelCounts) -> u64, model: u64| {
+            exact.map_or(model, kernel)
+        };
+        traps
+            .get_or_create(&labels)
+            .inc_by(pick(|k| k.guest_traps + k.user_traps, totals.traps));
         sleeps
             .get_or_create(&labels)
-            .inc_by(totals.sleeps_interrupted);
-        semaphores
+            .inc_by(pick(|k| k.sleeps_interrupted, totals.sleeps_interrupted));
+        semaphores.get_or_create(&labels).inc_by(pick(
+            |k| k.semaphore_interrupted,
+            totals.semaphore_interrupted,
+        ));
+        ac_exits
             .get_or_create(&labels)
-            .inc_by(totals.semaphore_interrupted);
-        ac_exits.get_or_create(&labels).inc_by(totals.ac_vm_exits);
+            .inc_by(pick(|k| k.ac_vm_exits, totals.ac_vm_exits));
         timer_signals
             .get_or_create(&labels)
-            .inc_by(totals.timer_signals);
-        eintr.get_or_create(&labels).inc_by(totals.eintr_exits);
-        errors.get_or_create(&labels).inc_by(totals.error_exits);
+            .inc_by(pick(|k| k.timer_signals, totals.timer_signals));
+        eintr
+            .get_or_create(&labels)
+            .inc_by(pick(|k| k.eintr_exits, totals.eintr_exits));
+        errors
+            .get_or_create(&labels)
+            .inc_by(pick(|k| k.error_exits, totals.error_exits));
         if let Some(ms) = row.timer_period_ms {
             period.get_or_create(&labels).set(ms / 1e3);
         }
@@ -219,7 +231,7 @@ pub fn encode_metrics(
             .set(i64::from(entry.status.is_attached()));
     }
     let full = Gauge::<i64>::default();
-    full.set(i64::from(status.mode == "full"));
+    full.set(i64::from(status.mode == Some(TracingMode::Full)));
     registry.register(
         "mode_full",
         "1 in full mode (kprobes: confirmed verdicts), 0 in tracepoint-only mode",
@@ -247,7 +259,7 @@ mod tests {
         let now = model.latest_ns();
         let rows = model.rows(now, true);
         let status = ViewStatus {
-            mode: "full".into(),
+            mode: Some(TracingMode::Full),
             probes_attached: 10,
             probes_total: 10,
             events_per_s: 12.5,

@@ -13,20 +13,20 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
     CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, FIELD_READ_FAILED_SLOT,
     ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, map_names,
 };
+use tracer_events::{KernelCounts, LayoutProblem, LossCounts, ProbeReport, TracingMode};
 
 use crate::{
-    events::{DecodeError, Event, decode},
+    events::{Event, decode},
     kernel::{
         kallsyms::Kallsyms,
         tracefs::{self, EventFormat},
     },
-    probes::{self, AttachContext, ProbeReport, TracingMode},
+    probes::{self, AttachContext, plan},
     signal_check::TimerSignalCounters,
 };
 
@@ -40,76 +40,6 @@ pub struct SessionOptions {
     /// Take signals through the perf tracepoint even where the raw one
     /// would attach (`--no-raw-tracepoint`, for comparisons).
     pub no_raw_tracepoint: bool,
-}
-
-/// Why a tracepoint layout could not be read (the probe is then skipped).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayoutProblem {
-    /// `category:event`.
-    pub event: String,
-    /// The error.
-    pub reason: String,
-}
-
-/// Counts of what was lost, per cause.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LossCounts {
-    /// Ring-buffer reservation failures per event kind name (kernel side).
-    pub ring_full: BTreeMap<String, u64>,
-    /// Records that could not be decoded, per error text.
-    pub undecodable: BTreeMap<String, u64>,
-    /// Failed inserts into the in-kernel per-thread counter map (its counts
-    /// for those threads are then short; events still went to the ring).
-    pub counter_map_full: u64,
-    /// Failed inserts into the split-lock window map: those episodes'
-    /// sleep and semaphore results were not reported.
-    pub window_map_full: u64,
-    /// Program runs the kernel skipped because another BPF program was
-    /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
-    /// generating a signal while a tracepoint program ran), per program.
-    pub recursion_misses: BTreeMap<String, u64>,
-    /// Timer signals the kernel generated without running the signal
-    /// program and without a recursion miss, by its own perf count of the
-    /// tracepoint (`signal_check`), per program (`signal_generate`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub skipped_by_kernel: BTreeMap<String, u64>,
-}
-
-impl LossCounts {
-    /// Total ring-buffer drops.
-    pub fn ring_total(&self) -> u64 {
-        self.ring_full.values().sum()
-    }
-
-    /// Total undecodable records.
-    pub fn undecodable_total(&self) -> u64 {
-        self.undecodable.values().sum()
-    }
-
-    /// Total program runs the kernel skipped for recursion.
-    pub fn recursion_total(&self) -> u64 {
-        self.recursion_misses.values().sum()
-    }
-
-    /// Total runs the kernel skipped without counting a recursion miss.
-    pub fn skipped_by_kernel_total(&self) -> u64 {
-        self.skipped_by_kernel.values().sum()
-    }
-
-    /// Every program run the kernel skipped, counted either way.
-    pub fn kernel_skipped_total(&self) -> u64 {
-        self.recursion_total() + self.skipped_by_kernel_total()
-    }
-
-    /// Everything lost.
-    pub fn total(&self) -> u64 {
-        self.ring_total() + self.undecodable_total() + self.kernel_skipped_total()
-    }
-
-    /// Records one decode failure.
-    pub fn count_undecodable(&mut self, error: &DecodeError) {
-        *self.undecodable.entry(error.to_string()).or_default() += 1;
-    }
 }
 
 /// A running tracing session.
@@ -244,11 +174,7 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     let mut ebpf = loader
         .load(crate::EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let wanted: Vec<&str> = probes::PROBES
-        .iter()
-        .chain(std::iter::once(&probes::SPLIT_LOCK_WARN))
-        .map(|spec| spec.target)
-        .collect();
+    let wanted = plan::kprobe_symbols();
     let kallsyms = Kallsyms::read_for(std::path::Path::new("/proc/kallsyms"), &wanted).ok();
     let context = AttachContext {
         kallsyms: kallsyms.as_ref(),
@@ -297,7 +223,7 @@ impl TraceSession {
             tracefs,
             timer_signal_counters,
         } = attach_probes(options)?;
-        let mode = report.mode().ok_or_else(|| {
+        let mode = plan::attached_mode(&report).ok_or_else(|| {
             anyhow!(
                 "no useful probe attached (need the kvm tracepoints or the split-lock kprobes):\n{}",
                 report
@@ -429,5 +355,23 @@ impl TraceSession {
             out.insert(tid, value);
         }
         Ok(out)
+    }
+}
+
+/// The in-kernel per-thread counters as the recording and the views keep them.
+pub fn kernel_counts(counters: &ThreadCounters) -> KernelCounts {
+    KernelCounts {
+        guest_traps: counters.guest_split_lock_traps,
+        user_traps: counters.user_split_lock_traps,
+        sleeps_interrupted: counters.sleeps_interrupted,
+        sleeps_completed: counters.sleeps_completed,
+        semaphore_interrupted: counters.semaphore_interrupted,
+        timer_signals: counters.timer_signals,
+        other_signals: counters.other_signals,
+        vm_exits: counters.kvm_exits,
+        ac_vm_exits: counters.kvm_exits_split_lock,
+        userspace_exits: counters.userspace_exits,
+        eintr_exits: counters.userspace_exits_eintr,
+        error_exits: counters.userspace_exits_error,
     }
 }

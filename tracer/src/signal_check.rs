@@ -22,11 +22,9 @@ use aya::{
 };
 use perf_event_open_sys::{bindings, ioctls, perf_event_open};
 use tracer_common::{TimerSignalTally, map_names};
+use tracer_events::{ProbeKind, ProbeReportEntry, ProbeStatus};
 
-use crate::{
-    kernel::bpf::perf_event_array_set,
-    probes::{ProbeKind, ProbeReportEntry, ProbeStatus},
-};
+use crate::kernel::bpf::perf_event_array_set;
 
 /// The event the counters count, as shown in the probe table.
 pub const TARGET: &str = "signal:signal_generate";

@@ -28,7 +28,13 @@
 //! every KVM_RUN, SIGUSR1 via SIGEV_THREAD_ID (`signal:signal_generate`
 //! with code SI_TIMER, §3).
 
-use crate::events::{Event, EventBody, TrapSource};
+use tracer_events::{
+    ClockInfo, Event, EventBody, FORMAT_NAME, FORMAT_VERSION, HostFacts, Metadata, ProbeKind,
+    ProbeReport, ProbeReportEntry, ProbeStatus, ProcessInfo, TracerIdentity, TracingMode,
+    TrapSource, VcpuThread, VmThreads,
+};
+
+use crate::probes::plan::PLAN;
 
 /// Host split-lock detection mode (`split_lock_detect=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +75,16 @@ pub struct Scenario {
     pub iteration_ns: u64,
     /// Start time (CLOCK_MONOTONIC).
     pub start_ns: u64,
-    /// Process and thread ids of the vCPU thread.
+    /// Process id of the VMM.
     pub pid: u32,
-    /// Thread id.
+    /// Thread id of the vCPU thread.
     pub tid: u32,
+    /// The VM's name (`-name`).
+    pub vm_name: String,
+    /// The VM's Proxmox VMID (`-id`).
+    pub vmid: String,
+    /// vCPU index (the thread's comm is `CPU <vcpu>/KVM`).
+    pub vcpu: u32,
 }
 
 impl Scenario {
@@ -90,7 +102,21 @@ impl Scenario {
             start_ns: 1_000_000_000_000,
             pid: 4242,
             tid: 4250,
+            vm_name: "haos".into(),
+            vmid: "100".into(),
+            vcpu: 0,
         }
+    }
+
+    /// The same scenario for another vCPU thread: process, thread, VM and
+    /// vCPU index as given.
+    #[must_use]
+    pub fn with_identity(mut self, pid: u32, tid: u32, vm_name: &str, vcpu: u32) -> Self {
+        self.pid = pid;
+        self.tid = tid;
+        vm_name.clone_into(&mut self.vm_name);
+        self.vcpu = vcpu;
+        self
     }
 
     fn mitigate_at(&self, ts: u64) -> bool {
@@ -115,6 +141,7 @@ pub struct SimulatedRun {
 
 struct Emitter<'a> {
     scenario: &'a Scenario,
+    comm: tracer_events::Comm,
     events: Vec<Event>,
 }
 
@@ -125,7 +152,7 @@ impl Emitter<'_> {
             cpu: 1,
             tgid: self.scenario.pid,
             tid: self.scenario.tid,
-            comm: "CPU 0/KVM".into(),
+            comm: self.comm,
             body,
         });
     }
@@ -149,6 +176,7 @@ pub fn run(scenario: &Scenario) -> SimulatedRun {
     let end = scenario.start_ns + scenario.duration_ns;
     let mut out = Emitter {
         scenario,
+        comm: format!("CPU {}/KVM", scenario.vcpu).as_str().into(),
         events: Vec::new(),
     };
     let mut iterations = 0;
@@ -329,21 +357,11 @@ fn signal_event(tid: u32) -> EventBody {
 /// Metadata for a recording of modelled events: every field says so
 /// (`hostname` "modelled-host", tracer command line `simulate`), so a
 /// modelled recording can never pass for a captured one.
-pub fn modelled_metadata(probes: ProbeSet, start_ns: u64) -> crate::recording::Metadata {
-    use crate::{
-        kernel::host::{HostFacts, VcpuThread, VmThreads},
-        model::ProcessInfo,
-        probes::{ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode},
-        recording::{ClockInfo, FORMAT_NAME, FORMAT_VERSION, Metadata, TracerIdentity},
-    };
-    let entries = crate::probes::PROBES
+pub fn modelled_metadata(scenarios: &[Scenario], probes: ProbeSet, start_ns: u64) -> Metadata {
+    let entries = PLAN
         .iter()
-        .chain(std::iter::once(&crate::probes::SPLIT_LOCK_WARN))
         .map(|spec| {
-            let tracepoint = matches!(
-                spec.kind,
-                crate::probes::ProbeKind::Tracepoint | crate::probes::ProbeKind::RawTracepoint
-            );
+            let tracepoint = matches!(spec.kind, ProbeKind::Tracepoint | ProbeKind::RawTracepoint);
             ProbeReportEntry {
                 program: spec.program.to_owned(),
                 kind: spec.kind,
@@ -393,23 +411,38 @@ pub fn modelled_metadata(probes: ProbeSet, start_ns: u64) -> crate::recording::M
             realtime_offset_ns: 0,
             start_ns,
         },
-        vms: vec![VmThreads {
-            pid: 4242,
-            info: ProcessInfo {
-                name: Some("haos".into()),
-                vmid: Some("100".into()),
-                comm: Some("kvm".into()),
-            },
-            cpu_model: Some("host".into()),
-            vcpus: vec![VcpuThread {
-                index: 0,
-                tid: 4250,
-            }],
-        }],
+        vms: modelled_vms(scenarios),
         pid_filter: None,
         ring_bytes: tracer_common::DEFAULT_RING_BYTES,
         redacted: false,
     }
+}
+
+/// The VMs of `scenarios`, by pid, each with its vCPU threads.
+fn modelled_vms(scenarios: &[Scenario]) -> Vec<VmThreads> {
+    let mut vms: Vec<VmThreads> = Vec::new();
+    for scenario in scenarios {
+        let vcpu = VcpuThread {
+            index: scenario.vcpu,
+            tid: scenario.tid,
+        };
+        match vms.iter_mut().find(|vm| vm.pid == scenario.pid) {
+            Some(vm) if !vm.vcpus.contains(&vcpu) => vm.vcpus.push(vcpu),
+            Some(_) => {}
+            None => vms.push(VmThreads {
+                pid: scenario.pid,
+                info: ProcessInfo {
+                    name: Some(scenario.vm_name.clone()),
+                    vmid: Some(scenario.vmid.clone()),
+                    comm: Some("kvm".into()),
+                },
+                cpu_model: Some("host".into()),
+                vcpus: vec![vcpu],
+            }),
+        }
+    }
+    vms.sort_by_key(|vm| vm.pid);
+    vms
 }
 
 /// Writes the modelled runs of `scenarios` (merged in time order) through
@@ -424,7 +457,7 @@ pub fn write_recording(
     scenarios: &[Scenario],
     probes: ProbeSet,
 ) -> anyhow::Result<usize> {
-    use crate::recording::{EndReason, Summary, writer::RecordingWriter};
+    use tracer_events::{EndReason, Summary, writer::RecordingWriter};
     let mut events: Vec<Event> = scenarios
         .iter()
         .flat_map(|scenario| run(scenario).events)
@@ -434,7 +467,7 @@ pub fn write_recording(
         anyhow::bail!("the scenarios produced no events");
     };
     let (start, end) = (first.ts_ns, last.ts_ns);
-    let metadata = modelled_metadata(probes, start);
+    let metadata = modelled_metadata(scenarios, probes, start);
     // Room for every event: a modelled recording drops nothing.
     let writer = RecordingWriter::create(path, force, metadata, events.len() + 16)?;
     let count = events.len();

@@ -9,13 +9,14 @@ use std::time::Duration;
 use common::{assert_counted, capture, have_kvm, have_root, skip, split_lock_repro};
 use tracer::{
     events::EventBody,
-    probes::{self, ProbeKind, ProbeStatus},
+    probes::{self, plan},
     repro::{self, GuestProgram, ReproConfig, TimerMode},
     session::{SessionOptions, attach_probes},
     signal_check,
     storm::{self, StormConfig},
 };
 use tracer_common::{KVM_RUN_EINTR, SI_TIMER, kvm_exit_reason};
+use tracer_events::{ProbeKind, ProbeStatus};
 
 #[test]
 fn every_program_passes_the_verifier_and_every_tracepoint_attaches() {
@@ -88,7 +89,11 @@ fn check_probe_report(attached: &tracer::session::AttachedProbes) {
             (_, ProbeStatus::Attached { .. }) => {}
         }
     }
-    assert!(attached.report.mode().is_some(), "{:#?}", attached.report);
+    assert!(
+        plan::attached_mode(&attached.report).is_some(),
+        "{:#?}",
+        attached.report
+    );
 }
 
 #[test]

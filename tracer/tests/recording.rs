@@ -12,12 +12,13 @@ use std::{
 
 use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
 use tracer::{
-    model::{ThreadRow, Verdict},
-    recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
     report::Replay,
     repro::{self, ReproReport, TimerMode},
-    session::LossCounts,
     simulate::{self, ProbeSet, Scenario},
+};
+use tracer_events::{
+    EndReason, LossCounts, Record, Summary, ThreadRow, Verdict, reader::RecordingReader,
+    writer::RecordingWriter,
 };
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
@@ -311,8 +312,9 @@ fn a_full_disk_keeps_every_complete_line_and_counts_the_rest() {
         }
     };
     let path = fs.mount_point.join("full.jsonl");
-    let run = simulate::run(&Scenario::seed_001(250, 1.0, 4000));
-    let metadata = simulate::modelled_metadata(ProbeSet::Full, 0);
+    let scenario = Scenario::seed_001(250, 1.0, 4000);
+    let run = simulate::run(&scenario);
+    let metadata = simulate::modelled_metadata(&[scenario], ProbeSet::Full, 0);
     let writer = RecordingWriter::create(&path, false, metadata, 1 << 20).unwrap();
     for event in &run.events {
         writer.event(event.clone());
@@ -352,11 +354,12 @@ fn report_exit(args: &[&str], file: &Path) -> (i32, String) {
 fn report_rejects_bad_input_with_exit_code_2_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.jsonl");
-    let run = simulate::run(&Scenario::seed_001(250, 1.0, 50));
+    let scenario = Scenario::seed_001(250, 1.0, 50);
+    let run = simulate::run(&scenario);
     let writer = RecordingWriter::create(
         &good,
         false,
-        simulate::modelled_metadata(ProbeSet::Full, 0),
+        simulate::modelled_metadata(&[scenario], ProbeSet::Full, 0),
         1 << 16,
     )
     .unwrap();

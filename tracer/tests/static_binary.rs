@@ -14,10 +14,8 @@ use std::{
 };
 
 use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
-use tracer::{
-    recording::{Record, reader::RecordingReader},
-    repro::{self, TimerMode},
-};
+use tracer::repro::{self, TimerMode};
+use tracer_events::{Record, reader::RecordingReader};
 
 fn artefact(variable: &str, test: &str) -> Option<PathBuf> {
     let path = std::env::var_os(variable).map(PathBuf::from);

@@ -2,16 +2,18 @@
 
 use comfy_table::{Cell, Color, Table, presets::UTF8_FULL_CONDENSED};
 
+use tracer_events::{ProbeReport, ProbeStatus};
+
 use crate::{
     cli::ProbesArgs,
-    probes::{ProbeReport, ProbeStatus},
+    probes::plan,
     session::{SessionOptions, attach_probes},
 };
 
 /// Runs the command; exit code 0 when a useful mode is available, 1 otherwise.
 pub fn run(args: &ProbesArgs) -> anyhow::Result<i32> {
     let attached = attach_probes(&SessionOptions::default())?;
-    let mode = attached.report.mode();
+    let mode = plan::attached_mode(&attached.report);
     if args.json {
         let value = serde_json::json!({
             "mode": mode,
@@ -25,7 +27,7 @@ pub fn run(args: &ProbesArgs) -> anyhow::Result<i32> {
             Some(mode) => println!(
                 "mode: {mode} ({} of {} probes attached)",
                 attached.report.attached_count(),
-                attached.report.usable_count()
+                plan::usable_count(&attached.report)
             ),
             None => println!("mode: none: no useful probe can attach on this kernel"),
         }

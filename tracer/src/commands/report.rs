@@ -3,14 +3,14 @@
 use std::io::Write as _;
 
 use anyhow::Context as _;
+use tracer_events::{
+    Record,
+    reader::{ReadError, RecordingReader},
+    writer,
+};
 
 use crate::{
     cli::{ReportArgs, ReportFormat},
-    recording::{
-        Record,
-        reader::{ReadError, RecordingReader},
-        writer,
-    },
     report::{self, Replay, ftrace},
 };
 

@@ -11,10 +11,9 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::{DoctorReport, Logs};
-use crate::{
-    kernel::host::HostRoot,
-    recording::redact::{REDACTED, redact_kernel_cmdline},
-};
+use tracer_events::redact::{REDACTED, redact_kernel_cmdline};
+
+use crate::kernel::host::HostRoot;
 
 /// Symbols whose kallsyms lines are kept (doctor looks for nothing else).
 const KEPT_SYMBOLS: [&str; 5] = [

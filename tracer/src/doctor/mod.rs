@@ -9,12 +9,15 @@ pub mod logs;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+use tracer_events::{CpuInfo, ProbeKind, TracingMode};
 
 use self::logs::{LogPattern, LogScan};
-use crate::kernel::{
-    cpuinfo::CpuInfo,
-    host::{HostRoot, parse_release},
-    kallsyms::Kallsyms,
+use crate::{
+    kernel::{
+        host::{DETECTION_SINCE, HostRoot, MISERY_SINCE, parse_release},
+        kallsyms::Kallsyms,
+    },
+    probes::plan,
 };
 
 /// Outcome of a check.
@@ -295,9 +298,9 @@ fn kernel_check(facts: &Facts) -> Check {
     let source = "/proc/sys/kernel/osrelease";
     match (&facts.release, facts.version) {
         (Some(release), Some(version)) => {
-            let era = if version >= (5, 19) {
+            let era = if version >= MISERY_SINCE {
                 "split-lock misery mode (5.19+): a trapping task sleeps 10 ms and waits on a semaphore, interruptibly"
-            } else if version >= (5, 7) {
+            } else if version >= DETECTION_SINCE {
                 "split-lock detection without the misery sleep (5.7-5.18)"
             } else {
                 "no split-lock detection (before 5.7)"
@@ -445,7 +448,7 @@ fn misery_check(facts: &Facts) -> Check {
                 Some(advice_sysctl.into()),
             )
         }),
-        (None, Some(version)) if version >= (5, 19) => {
+        (None, Some(version)) if version >= MISERY_SINCE => {
             harmless("absent, misery mode always on (5.19 to early 6.1)".into()).unwrap_or_else(|| {
                 check(
                     id,
@@ -833,123 +836,118 @@ fn readiness_checks(host: &HostRoot) -> Vec<Check> {
         "/sys/bus/event_source/devices/kprobe/type, tracefs kprobe_events",
         (!kprobes).then(|| "a kernel with CONFIG_KPROBES=y gives confirmed verdicts".into()),
     ));
-    let symbols = match host.read("/proc/kallsyms") {
-        Ok(text) => match Kallsyms::parse(&text, &host.path("/proc/kallsyms")) {
-            Ok(kallsyms) => {
-                let wanted = [
-                    "handle_guest_split_lock",
-                    "handle_user_split_lock",
-                    "split_lock_warn",
-                    "msleep_interruptible",
-                    "down_interruptible",
-                ];
-                let missing: Vec<&str> = wanted
-                    .iter()
-                    .copied()
-                    .filter(|name| kallsyms.resolve_probe_target(name).is_none())
-                    .collect();
-                if missing.is_empty() {
-                    check(
-                        "symbols",
-                        "split-lock symbols",
-                        Status::Pass,
-                        "all present",
-                        "/proc/kallsyms",
-                        None,
-                    )
-                } else {
-                    check("symbols", "split-lock symbols", Status::Warn, format!("missing: {}", missing.join(", ")), "/proc/kallsyms", Some("without handle_guest_split_lock there is no guest split-lock handling to probe (AMD, or a kernel without it)".into()))
-                }
+    let wanted = plan::kprobe_symbols();
+    let kallsyms = host
+        .read("/proc/kallsyms")
+        .and_then(|text| {
+            Kallsyms::parse(&text, &host.path("/proc/kallsyms"))
+                .map_err(|error| std::io::Error::other(error.to_string()))
+        })
+        .map_err(|error| error.to_string());
+    let symbol_present = |name: &str| {
+        kallsyms
+            .as_ref()
+            .is_ok_and(|k| k.resolve_probe_target(name).is_some())
+    };
+    let symbols = match &kallsyms {
+        Ok(_) => {
+            let missing: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|name| !symbol_present(name))
+                .collect();
+            if missing.is_empty() {
+                check(
+                    "symbols",
+                    "split-lock symbols",
+                    Status::Pass,
+                    "all present",
+                    "/proc/kallsyms",
+                    None,
+                )
+            } else {
+                check("symbols", "split-lock symbols", Status::Warn, format!("missing: {}", missing.join(", ")), "/proc/kallsyms", Some("without handle_guest_split_lock there is no guest split-lock handling to probe (AMD, or a kernel without it)".into()))
             }
-            Err(error) => check(
-                "symbols",
-                "split-lock symbols",
-                Status::NotApplicable,
-                error.to_string(),
-                "/proc/kallsyms",
-                None,
-            ),
-        },
+        }
         Err(error) => check(
             "symbols",
             "split-lock symbols",
             Status::NotApplicable,
-            error.to_string(),
+            error.clone(),
             "/proc/kallsyms",
             None,
         ),
     };
-    let guest_symbol = symbols.status == Status::Pass
-        || (symbols.status == Status::Warn && !symbols.value.contains("handle_guest_split_lock"));
     checks.push(symbols);
-    let events = [
-        "signal/signal_generate",
-        "kvm/kvm_userspace_exit",
-        "kvm/kvm_exit",
-    ];
-    let (tracepoints, present) = match tracefs {
+    let events = plan::tracefs_events();
+    // Without tracefs mounted the live host still has the events (the
+    // tracer mounts it at start); a snapshot without it has none.
+    let event_present = |event: &str| match tracefs {
+        Some(dir) => host.exists(&format!("{dir}/events/{event}/format")),
+        None => host.is_live(),
+    };
+    let present: Vec<&str> = events
+        .iter()
+        .map(String::as_str)
+        .filter(|event| event_present(event))
+        .collect();
+    checks.push(match tracefs {
         Some(dir) => {
-            let present: Vec<&str> = events
-                .iter()
-                .copied()
-                .filter(|event| host.exists(&format!("{dir}/events/{event}/format")))
-                .collect();
             let status = if present.len() == events.len() {
                 Status::Pass
             } else {
                 Status::Warn
             };
-            (
-                check(
-                    "tracepoints",
-                    "tracepoints",
-                    status,
-                    format!(
-                        "{} of {}: {}",
-                        present.len(),
-                        events.len(),
-                        present.join(", ")
-                    ),
-                    format!("{dir}/events"),
-                    (status == Status::Warn).then(|| {
-                        "load the kvm module (modprobe kvm_intel) for the kvm tracepoints".into()
-                    }),
-                ),
-                present.len(),
-            )
-        }
-        None => (
             check(
                 "tracepoints",
                 "tracepoints",
-                if host.is_live() {
-                    Status::Warn
-                } else {
-                    Status::NotApplicable
-                },
-                "tracefs not mounted (tracer mounts it at start)",
-                "/sys/kernel/tracing",
-                None,
-            ),
-            usize::from(host.is_live()) * events.len(),
+                status,
+                format!(
+                    "{} of {}: {}",
+                    present.len(),
+                    events.len(),
+                    present.join(", ")
+                ),
+                format!("{dir}/events"),
+                (status == Status::Warn).then(|| {
+                    "load the kvm module (modprobe kvm_intel) for the kvm tracepoints".into()
+                }),
+            )
+        }
+        None => check(
+            "tracepoints",
+            "tracepoints",
+            if host.is_live() {
+                Status::Warn
+            } else {
+                Status::NotApplicable
+            },
+            "tracefs not mounted (tracer mounts it at start)",
+            "/sys/kernel/tracing",
+            None,
         ),
+    });
+    // The probe plan's own rule, asked of what this host offers.
+    let usable = |spec: &plan::ProbeSpec| match spec.kind {
+        ProbeKind::Kprobe | ProbeKind::Kretprobe => kprobes && symbol_present(spec.target),
+        ProbeKind::Tracepoint | ProbeKind::RawTracepoint => spec
+            .tracefs_event()
+            .is_some_and(|event| event_present(&event)),
+        ProbeKind::PerfCounter => false,
     };
-    checks.push(tracepoints);
-    let (status, mode) = if kprobes && guest_symbol && present > 0 {
-        (
+    let (status, mode) = match plan::mode(usable) {
+        Some(TracingMode::Full) => (
             Status::Pass,
             "full: split-lock handlers and punishment results are probed; verdicts confirmed",
-        )
-    } else if present > 0 {
-        (
+        ),
+        Some(TracingMode::TracepointOnly) => (
             Status::Warn,
             "tracepoint-only: livelock verdicts are inferred from #AC exits and EINTR returns",
-        )
-    } else {
-        (
+        ),
+        None => (
             Status::Warn,
             "none: neither kprobes nor the kvm tracepoints are usable",
-        )
+        ),
     };
     checks.push(check(
         "mode",

@@ -6,55 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
-
-use super::cpuinfo::CpuInfo;
-use crate::model::ProcessInfo;
-
-/// The host facts a recording's metadata (and `doctor`) start from.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostFacts {
-    /// `/proc/sys/kernel/hostname`.
-    pub hostname: Option<String>,
-    /// `/proc/sys/kernel/osrelease`.
-    pub kernel_release: Option<String>,
-    /// `/proc/sys/kernel/version` (build number and date).
-    pub kernel_version: Option<String>,
-    /// `/proc/cmdline`.
-    pub cmdline: Option<String>,
-    /// `kernel.split_lock_mitigate`, absent before 6.2 (and its 6.1 backport).
-    pub split_lock_mitigate: Option<u32>,
-    /// First processor of `/proc/cpuinfo`.
-    pub cpu: Option<CpuInfo>,
-    /// Why `cpu` is missing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_error: Option<String>,
-    /// `/sys/module/{kvm,kvm_intel,kvm_amd}/parameters/*`, module -> name -> value.
-    pub kvm_parameters: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-/// One VMM process and its vCPU threads (`CPU N/KVM`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmThreads {
-    /// Process id.
-    pub pid: u32,
-    /// Identity from the command line.
-    pub info: ProcessInfo,
-    /// QEMU `-cpu` model, when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_model: Option<String>,
-    /// vCPU threads, by index.
-    pub vcpus: Vec<VcpuThread>,
-}
-
-/// One vCPU thread of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VcpuThread {
-    /// vCPU index (`N` of `CPU N/KVM`).
-    pub index: u32,
-    /// Thread id.
-    pub tid: u32,
-}
+use tracer_events::{CpuInfo, HostFacts, ProcessInfo, VcpuThread, VmThreads};
 
 /// The kvm modules whose parameters matter here.
 pub const KVM_MODULES: [&str; 3] = ["kvm", "kvm_intel", "kvm_amd"];
@@ -292,6 +244,13 @@ impl HostRoot {
     }
 }
 
+/// The first release whose split-lock handling punishes with the
+/// interruptible sleep and semaphore (the misery mode, b041b525dab9;
+/// kernel.md §1.1).
+pub const MISERY_SINCE: (u32, u32) = (5, 19);
+/// The first release with split-lock detection at all (kernel.md §1.1).
+pub const DETECTION_SINCE: (u32, u32) = (5, 7);
+
 /// Whether split-lock handling can punish with an interruptible sleep,
 /// from `kernel.split_lock_mitigate` and the kernel release: the sysctl
 /// decides where it exists; otherwise 5.19 and later always punish (the
@@ -301,7 +260,7 @@ pub fn misery_possible(split_lock_mitigate: Option<u32>, release: Option<&str>) 
         return Some(value != 0);
     }
     let (major, minor) = parse_release(release?)?;
-    Some((major, minor) >= (5, 19))
+    Some((major, minor) >= MISERY_SINCE)
 }
 
 /// `(major, minor)` of a release string like `6.8.12-4-pve`.

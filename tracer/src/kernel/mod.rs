@@ -3,7 +3,6 @@
 
 pub mod bpf;
 pub mod btf;
-pub mod cpuinfo;
 pub mod host;
 pub mod kallsyms;
 pub mod tracefs;

@@ -26,6 +26,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{BUS_ADRALN, KVM_RUN_EINTR, SI_TIMER, SIGBUS, kvm_exit_reason, vmx};
+pub use tracer_events::thread::format_ts;
+use tracer_events::{ProcessInfo, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
 use self::rate::{IntervalTracker, SlidingSum, WINDOW_NS};
 use crate::events::{
@@ -43,38 +45,6 @@ pub const PUNISHMENT_MIN_NS: u64 = 10_000_000;
 pub const THREAD_EXPIRY_NS: u64 = 30_000_000_000;
 /// Most threads kept; the least recently seen go first.
 pub const MAX_THREADS: usize = 16_384;
-
-/// What a thread is doing, worst first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Punish-interrupt livelock: no forward progress.
-    Livelock,
-    /// Killed by SIGBUS after a split-lock trap (split_lock_detect=fatal).
-    Killed,
-    /// KVM_RUN returned an internal error, failed entry or shutdown.
-    KvmError,
-    /// Split-lock traps that complete their punishment: slowed, progressing.
-    Throttled,
-    /// Active, no split-lock trouble.
-    Ok,
-    /// Nothing seen in the window.
-    Idle,
-}
-
-impl Verdict {
-    /// Label for tables.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Livelock => "LIVELOCK",
-            Self::Killed => "KILLED",
-            Self::KvmError => "KVM ERROR",
-            Self::Throttled => "THROTTLED",
-            Self::Ok => "OK",
-            Self::Idle => "IDLE",
-        }
-    }
-}
 
 /// How a punishment step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,58 +90,6 @@ impl SplitLockEpisode {
     pub fn completed(&self) -> bool {
         self.handled == Some(true) && !self.interrupted()
     }
-}
-
-/// Process-level identity supplied from outside the model (e.g. /proc).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    /// VM name (`-name`), if any.
-    pub name: Option<String>,
-    /// Proxmox VMID (`-id`), if any.
-    pub vmid: Option<String>,
-    /// Executable name.
-    pub comm: Option<String>,
-}
-
-impl ProcessInfo {
-    /// `VM 100 (guest-name)`, `name`, or the comm.
-    pub fn label(&self) -> Option<String> {
-        match (&self.vmid, &self.name) {
-            (Some(vmid), Some(name)) => Some(format!("{vmid} ({name})")),
-            (Some(vmid), None) => Some(vmid.clone()),
-            (None, Some(name)) => Some(name.clone()),
-            (None, None) => self.comm.clone(),
-        }
-    }
-}
-
-/// Totals since the thread was first seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ThreadTotals {
-    /// Split-lock traps (guest or host).
-    pub traps: u64,
-    /// `split_lock_warn` entries.
-    pub warns: u64,
-    /// Episodes whose punishment was interrupted.
-    pub interrupted_episodes: u64,
-    /// Episodes that completed.
-    pub completed_episodes: u64,
-    /// Punishment sleeps interrupted.
-    pub sleeps_interrupted: u64,
-    /// Semaphore waits interrupted.
-    pub semaphore_interrupted: u64,
-    /// SI_TIMER signals aimed at the thread.
-    pub timer_signals: u64,
-    /// Other signals aimed at the thread.
-    pub other_signals: u64,
-    /// KVM_RUN returns.
-    pub userspace_exits: u64,
-    /// KVM_RUN EINTR returns.
-    pub eintr_exits: u64,
-    /// Error returns (internal error, failed entry, shutdown, exception).
-    pub error_exits: u64,
-    /// #AC VM exits.
-    pub ac_vm_exits: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -301,6 +219,13 @@ impl ThreadState {
             kvm_error: None,
             failed_entry_reason: None,
         }
+    }
+
+    /// Whether the thread gets a row: a vCPU thread, a thread that took a
+    /// split-lock trap, or one that was killed for it. (Other threads are
+    /// only signal targets.)
+    pub fn has_row(&self) -> bool {
+        self.is_vcpu || self.totals.traps > 0 || self.killed.is_some()
     }
 
     fn close_episode(&mut self, episode: SplitLockEpisode, end_ns: u64) {
@@ -694,124 +619,6 @@ fn kvm_error_hint(reason: &str) -> String {
     }
 }
 
-/// Formats a monotonic timestamp as seconds with µs.
-pub fn format_ts(ts_ns: u64) -> String {
-    format!(
-        "{}.{:06}",
-        ts_ns / 1_000_000_000,
-        (ts_ns % 1_000_000_000) / 1000
-    )
-}
-
-/// One row of the live table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ThreadRow {
-    /// Process id.
-    pub pid: u32,
-    /// VM label (`VMID (name)`), when known.
-    pub vm: Option<String>,
-    /// vCPU index.
-    pub vcpu: Option<u32>,
-    /// Thread id.
-    pub tid: u32,
-    /// comm.
-    pub comm: String,
-    /// Split-lock traps per second (window).
-    pub traps_per_s: f64,
-    /// Last trap IP.
-    pub last_ip: Option<u64>,
-    /// Share of episodes interrupted in the window, percent.
-    pub interrupted_pct: Option<f64>,
-    /// Signals per second (window).
-    pub signals_per_s: f64,
-    /// Typical SI_TIMER period (interquartile mean of the last 32 intervals), ms.
-    pub timer_period_ms: Option<f64>,
-    /// EINTR returns of KVM_RUN per second.
-    pub eintr_per_s: f64,
-    /// Share of wall time inside split-lock handling, percent.
-    pub punished_pct: f64,
-    /// Verdict.
-    pub verdict: Verdict,
-    /// false when inferred from tracepoints only.
-    pub confirmed: bool,
-    /// Evidence lines.
-    pub evidence: Vec<String>,
-    /// Totals since first seen.
-    pub totals: ThreadTotals,
-    /// The kernel's own exact counts for this thread (live sessions only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<KernelCounts>,
-}
-
-/// Exact per-thread counts kept by the eBPF programs in a map, independent
-/// of ring-buffer delivery.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelCounts {
-    /// Guest split-lock traps.
-    pub guest_traps: u64,
-    /// Host split-lock traps.
-    pub user_traps: u64,
-    /// Punishment sleeps interrupted.
-    pub sleeps_interrupted: u64,
-    /// Punishment sleeps completed.
-    pub sleeps_completed: u64,
-    /// Semaphore waits interrupted.
-    pub semaphore_interrupted: u64,
-    /// SI_TIMER signals.
-    pub timer_signals: u64,
-    /// Other signals.
-    pub other_signals: u64,
-    /// All VM exits.
-    pub vm_exits: u64,
-    /// #AC VM exits.
-    pub ac_vm_exits: u64,
-    /// KVM_RUN returns.
-    pub userspace_exits: u64,
-    /// KVM_RUN EINTR returns.
-    pub eintr_exits: u64,
-    /// KVM_RUN error returns.
-    pub error_exits: u64,
-}
-
-impl From<&tracer_common::ThreadCounters> for KernelCounts {
-    fn from(counters: &tracer_common::ThreadCounters) -> Self {
-        Self {
-            guest_traps: counters.guest_split_lock_traps,
-            user_traps: counters.user_split_lock_traps,
-            sleeps_interrupted: counters.sleeps_interrupted,
-            sleeps_completed: counters.sleeps_completed,
-            semaphore_interrupted: counters.semaphore_interrupted,
-            timer_signals: counters.timer_signals,
-            other_signals: counters.other_signals,
-            vm_exits: counters.kvm_exits,
-            ac_vm_exits: counters.kvm_exits_split_lock,
-            userspace_exits: counters.userspace_exits,
-            eintr_exits: counters.userspace_exits_eintr,
-            error_exits: counters.userspace_exits_error,
-        }
-    }
-}
-
-impl ThreadRow {
-    /// A vCPU thread without trouble, traps, signals or EINTR returns in
-    /// the window (shown only with `--all`).
-    pub fn is_quiet(&self) -> bool {
-        matches!(self.verdict, Verdict::Ok | Verdict::Idle)
-            && self.totals.traps == 0
-            && self.eintr_per_s == 0.0
-            && self.signals_per_s == 0.0
-    }
-
-    /// `LIVELOCK` or `LIVELOCK?` for inferred verdicts.
-    pub fn verdict_label(&self) -> String {
-        if self.confirmed {
-            self.verdict.label().to_owned()
-        } else {
-            format!("{} (inferred)", self.verdict.label())
-        }
-    }
-}
-
 /// The whole model: threads by tid, plus process identities.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -820,6 +627,9 @@ pub struct Model {
     events: u64,
     latest_ns: u64,
     misery: Option<bool>,
+    /// The verdict last reported per thread, for [`Model::verdict_changes`]
+    /// and [`Model::verdict_change_of`].
+    reported: HashMap<u32, (Verdict, bool)>,
 }
 
 /// The mitigations for a LIVELOCK row.
@@ -944,6 +754,71 @@ impl Model {
             .map(|thread| thread.classify(now_ns, misery_possible))
     }
 
+    /// Records that `tid`'s verdict is `now` at `ts_ns`; returns the change
+    /// when it differs from the one last reported.
+    fn report_verdict(
+        &mut self,
+        ts_ns: u64,
+        tid: u32,
+        now: (Verdict, bool),
+        reason: impl FnOnce(&mut Self) -> Option<String>,
+    ) -> Option<VerdictChange> {
+        let before = self.reported.insert(tid, now);
+        if before == Some(now) {
+            return None;
+        }
+        let reason = reason(self);
+        let thread = self.threads.get(&tid);
+        Some(VerdictChange {
+            ts_ns,
+            tid,
+            pid: thread.map_or(0, |thread| thread.tgid),
+            vcpu: thread.and_then(|thread| thread.vcpu),
+            from: before.map(|(verdict, _)| verdict),
+            from_confirmed: before.is_none_or(|(_, confirmed)| confirmed),
+            to: now.0,
+            confirmed: now.1,
+            reason,
+        })
+    }
+
+    /// The verdict changes of every thread in `rows` (built at `now_ns`)
+    /// since they were last reported; threads without a row are forgotten.
+    /// The one place verdict changes are tracked: live, serve and report
+    /// all ask it.
+    pub fn verdict_changes(&mut self, now_ns: u64, rows: &[ThreadRow]) -> Vec<VerdictChange> {
+        let changes = rows
+            .iter()
+            .filter_map(|row| {
+                self.report_verdict(now_ns, row.tid, (row.verdict, row.confirmed), |_| {
+                    row.evidence.first().cloned()
+                })
+            })
+            .collect();
+        if self.reported.len() > rows.len() {
+            let kept: std::collections::HashSet<u32> = rows.iter().map(|row| row.tid).collect();
+            self.reported.retain(|tid, _| kept.contains(tid));
+        }
+        changes
+    }
+
+    /// The verdict change of one thread at `now_ns` (after one of its
+    /// events), if its verdict differs from the one last reported.
+    pub fn verdict_change_of(&mut self, tid: u32, now_ns: u64) -> Option<VerdictChange> {
+        if !self.threads.get(&tid).is_some_and(ThreadState::has_row) {
+            return None;
+        }
+        let now = self.verdict_of(tid, now_ns)?;
+        if self.reported.get(&tid) == Some(&now) {
+            return None;
+        }
+        self.report_verdict(now_ns, tid, now, |model| {
+            model
+                .classify_thread(tid, now_ns)
+                .and_then(|(_, _, evidence)| evidence.into_iter().next())
+        })
+    }
+
     /// A thread's state.
     pub fn thread(&self, tid: u32) -> Option<&ThreadState> {
         self.threads.get(&tid)
@@ -957,7 +832,7 @@ impl Model {
         let mut rows: Vec<ThreadRow> = self
             .threads
             .values_mut()
-            .filter(|thread| thread.is_vcpu || thread.totals.traps > 0 || thread.killed.is_some())
+            .filter(|thread| thread.has_row())
             .map(|thread| {
                 let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
                 let episodes = thread.windows.sum(now_ns, |w| &mut w.episodes);

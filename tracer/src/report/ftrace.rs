@@ -4,14 +4,14 @@
 use std::fmt::Write as _;
 
 use tracer_common::vmx;
+use tracer_events::{
+    Event, EventBody, LostRecord, Metadata, ProbeStatus, TrapSource, Verdict,
+    event::{kvm_exit_reason_name, signal_code_name, signal_name},
+    thread::format_ts,
+};
 
 use super::ReplayResult;
-use crate::{
-    events::{Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name},
-    model::{LIVELOCK_MITIGATIONS, Verdict, format_ts},
-    probes::ProbeStatus,
-    recording::{LostRecord, Metadata},
-};
+use crate::model::LIVELOCK_MITIGATIONS;
 
 /// The header block (`# ` lines).
 pub fn header(metadata: &Metadata) -> String {

@@ -5,47 +5,21 @@ pub mod ftrace;
 #[cfg(feature = "perfetto")]
 pub mod perfetto;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    events::Event,
-    kernel::host,
-    live::ViewStatus,
-    model::{Model, ThreadRow, Verdict},
-    recording::{LostCause, LostRecord, Metadata, Record, Summary, apply_loss},
-    session::LossCounts,
+use tracer_events::{
+    Event, LossCounts, LostCause, LostRecord, Metadata, Record, Summary, ThreadRow, Verdict,
+    VerdictChange, apply_loss,
 };
+
+use crate::{kernel::host, live::ViewStatus, model::Model, probes::plan};
 
 /// Besides after every event (for the event's thread), a replay classifies
 /// every thread this often (recorded time), so verdicts that change by
 /// silence (LIVELOCK -> IDLE) are found too.
 pub const REPLAY_TICK_NS: u64 = 1_000_000_000;
-
-/// A thread's verdict changed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VerdictChange {
-    /// When (CLOCK_MONOTONIC, at a replay tick or the end).
-    pub ts_ns: u64,
-    /// Thread id.
-    pub tid: u32,
-    /// Process id.
-    pub pid: u32,
-    /// vCPU index.
-    pub vcpu: Option<u32>,
-    /// Previous verdict (`None` = first seen).
-    pub from: Option<Verdict>,
-    /// Whether the previous verdict was confirmed.
-    #[serde(default)]
-    pub from_confirmed: bool,
-    /// New verdict.
-    pub to: Verdict,
-    /// Confirmed by kprobes (false = inferred).
-    pub confirmed: bool,
-    /// First evidence line.
-    pub reason: Option<String>,
-}
 
 /// The model driven by a recording.
 pub struct Replay {
@@ -53,7 +27,6 @@ pub struct Replay {
     pub metadata: Metadata,
     model: Model,
     next_tick: Option<u64>,
-    last_verdict: HashMap<u32, (Verdict, bool)>,
     /// Every verdict change, in time order.
     pub changes: Vec<VerdictChange>,
     /// Lost records summed by cause and detail.
@@ -98,7 +71,6 @@ impl Replay {
             metadata,
             model,
             next_tick: None,
-            last_verdict: HashMap::new(),
             changes: Vec::new(),
             lost: BTreeMap::new(),
             summary: None,
@@ -139,28 +111,11 @@ impl Replay {
         self.last_ts = self.last_ts.max(event.ts_ns);
         self.events += 1;
         self.model.apply(event);
-        let tid = event.subject_tid();
-        if let Some(now) = self.model.verdict_of(tid, event.ts_ns)
-            && self.last_verdict.get(&tid) != Some(&now)
+        if let Some(change) = self
+            .model
+            .verdict_change_of(event.subject_tid(), event.ts_ns)
         {
-            let previous = self.last_verdict.insert(tid, now);
-            let evidence = self
-                .model
-                .classify_thread(tid, event.ts_ns)
-                .map(|(_, _, evidence)| evidence)
-                .unwrap_or_default();
-            let thread = self.model.thread(tid);
-            self.changes.push(VerdictChange {
-                ts_ns: event.ts_ns,
-                tid,
-                pid: thread.map_or(0, |thread| thread.tgid),
-                vcpu: thread.and_then(|thread| thread.vcpu),
-                from: previous.map(|(verdict, _)| verdict),
-                from_confirmed: previous.is_none_or(|(_, confirmed)| confirmed),
-                to: now.0,
-                confirmed: now.1,
-                reason: evidence.into_iter().next(),
-            });
+            self.changes.push(change);
         }
     }
 
@@ -185,23 +140,8 @@ impl Replay {
 
     fn classify_at(&mut self, ts_ns: u64) -> Vec<ThreadRow> {
         let rows = self.model.rows(ts_ns, true);
-        for row in &rows {
-            let now = (row.verdict, row.confirmed);
-            let before = self.last_verdict.insert(row.tid, now);
-            if before != Some(now) {
-                self.changes.push(VerdictChange {
-                    ts_ns,
-                    tid: row.tid,
-                    pid: row.pid,
-                    vcpu: row.vcpu,
-                    from: before.map(|(verdict, _)| verdict),
-                    from_confirmed: before.is_none_or(|(_, confirmed)| confirmed),
-                    to: row.verdict,
-                    confirmed: row.confirmed,
-                    reason: row.evidence.first().cloned(),
-                });
-            }
-        }
+        let changes = self.model.verdict_changes(ts_ns, &rows);
+        self.changes.extend(changes);
         rows
     }
 
@@ -260,12 +200,9 @@ impl Replay {
         );
         let elapsed_ns = end.saturating_sub(self.metadata.clock.start_ns);
         let status = ViewStatus {
-            mode: self
-                .metadata
-                .mode
-                .map_or_else(|| "none".into(), |mode| mode.to_string()),
+            mode: self.metadata.mode,
             probes_attached: self.metadata.probes.attached_count(),
-            probes_total: self.metadata.probes.usable_count(),
+            probes_total: plan::usable_count(&self.metadata.probes),
             events_per_s: if elapsed_ns > 0 {
                 self.events as f64 / (elapsed_ns as f64 / 1e9)
             } else {

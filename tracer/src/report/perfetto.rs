@@ -18,10 +18,9 @@ use perfetto_protos::{
 use protobuf::Message as _;
 
 use super::VerdictChange;
-use crate::{
-    events::{Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name},
-    model::{ProcessInfo, Verdict},
-    recording::{LostRecord, Metadata},
+use tracer_events::{
+    Event, EventBody, LostRecord, Metadata, ProcessInfo, TrapSource, Verdict,
+    event::{kvm_exit_reason_name, signal_code_name, signal_name},
 };
 
 /// Perfetto's `BUILTIN_CLOCK_MONOTONIC`: the clock of every timestamp.

@@ -4,33 +4,28 @@
 use std::path::Path;
 
 use super::{Replay, ReplayResult, ftrace, render_json, render_table};
-use crate::{
-    events::EventBody,
-    model::Verdict,
-    recording::{EndReason, Record, Summary, reader::RecordingReader, writer::RecordingWriter},
-    simulate::{self, ProbeSet, Scenario},
+use tracer_events::{
+    EndReason, EventBody, Record, Summary, Verdict, reader::RecordingReader,
+    writer::RecordingWriter,
 };
+
+use crate::simulate::{self, ProbeSet, Scenario};
 
 /// A livelocked vCPU (1 ms timer) and a throttled one (50 ms) on a HZ=250
 /// host, recorded through the real writer.
 fn write_recording(path: &Path, duration_ms: u64, probes: ProbeSet) {
     let mut stuck = Scenario::seed_001(250, 1.0, duration_ms);
     stuck.probes = probes;
-    let mut slow = Scenario::seed_001(250, 50.0, duration_ms);
-    slow.tid = 4251;
+    let mut slow = Scenario::seed_001(250, 50.0, duration_ms).with_identity(4242, 4251, "haos", 1);
     slow.probes = probes;
-    let mut events: Vec<_> = [stuck, slow]
+    let scenarios = [stuck, slow];
+    let mut events: Vec<_> = scenarios
         .iter()
         .flat_map(|scenario| simulate::run(scenario).events)
         .collect();
     events.sort_by_key(|event| (event.ts_ns, event.tid));
-    for event in &mut events {
-        if event.tid == 4251 {
-            event.comm = "CPU 1/KVM".into();
-        }
-    }
     let start = events[0].ts_ns;
-    let metadata = simulate::modelled_metadata(probes, start);
+    let metadata = simulate::modelled_metadata(&scenarios, probes, start);
     let writer = RecordingWriter::create(path, false, metadata, 1 << 20).unwrap();
     for event in &events {
         writer.event(event.clone());
@@ -42,7 +37,7 @@ fn write_recording(path: &Path, duration_ms: u64, probes: ProbeSet) {
 }
 
 struct Replayed {
-    metadata: crate::recording::Metadata,
+    metadata: tracer_events::Metadata,
     records: Vec<Record>,
     result: ReplayResult,
     end_ns: u64,

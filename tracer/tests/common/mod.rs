@@ -65,11 +65,11 @@ pub struct Capture<T> {
     /// Every decoded event.
     pub events: Vec<tracer::events::Event>,
     /// Losses reported by the session.
-    pub losses: tracer::session::LossCounts,
+    pub losses: tracer_events::LossCounts,
     /// In-kernel per-thread counters at the end.
     pub counters: std::collections::BTreeMap<u32, tracer_common::ThreadCounters>,
     /// Probe report.
-    pub probes: tracer::probes::ProbeReport,
+    pub probes: tracer_events::ProbeReport,
 }
 
 /// Starts a tracing session, runs `work` on its own thread, and collects

@@ -1,105 +1,77 @@
-//! The recording format: versioned JSON Lines (docs/trace-format.md).
-//!
-//! Line 1 is a [`Metadata`] record, then one record per event, `lost`
-//! records whenever something was dropped, and a final [`Summary`]. Every
-//! line is one JSON object with a `type` field.
+//! What was lost, and the `lost` records that carry it into a recording.
 
-pub mod reader;
-pub mod redact;
-pub mod writer;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    events::Event,
-    kernel::host::{HostFacts, VmThreads},
-    model::{KernelCounts, ThreadRow},
-    probes::{ProbeReport, TracingMode},
-    session::{LayoutProblem, LossCounts},
-};
-
-/// Value of the metadata's `format` field.
-pub const FORMAT_NAME: &str = "split-lock-tracer-recording";
-/// Version of the format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// The tracer that wrote the recording.
+/// Why a tracepoint layout could not be read (the probe is then skipped).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TracerIdentity {
-    /// Crate version.
-    pub version: String,
-    /// Git commit the binary was built from.
-    pub git_commit: String,
-    /// argv.
-    pub command_line: Vec<String>,
+pub struct LayoutProblem {
+    /// `category:event`.
+    pub event: String,
+    /// The error.
+    pub reason: String,
 }
 
-/// The clock of every `ts_ns` in the file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClockInfo {
-    /// Always `CLOCK_MONOTONIC` (what `bpf_ktime_get_ns` reads).
-    pub name: String,
-    /// CLOCK_REALTIME minus CLOCK_MONOTONIC at start, in ns: add it to a
-    /// `ts_ns` for Unix time.
-    pub realtime_offset_ns: i64,
-    /// CLOCK_MONOTONIC at start.
-    pub start_ns: u64,
+/// Counts of what was lost, per cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossCounts {
+    /// Ring-buffer reservation failures per event kind name (kernel side).
+    pub ring_full: BTreeMap<String, u64>,
+    /// Records that could not be decoded, per error text.
+    pub undecodable: BTreeMap<String, u64>,
+    /// Failed inserts into the in-kernel per-thread counter map (its counts
+    /// for those threads are then short; events still went to the ring).
+    pub counter_map_full: u64,
+    /// Failed inserts into the split-lock window map: those episodes'
+    /// sleep and semaphore results were not reported.
+    pub window_map_full: u64,
+    /// Program runs the kernel skipped because another BPF program was
+    /// already running on that CPU (`recursion_misses`, e.g. a timer IRQ
+    /// generating a signal while a tracepoint program ran), per program.
+    pub recursion_misses: BTreeMap<String, u64>,
+    /// Timer signals the kernel generated without running the signal
+    /// program and without a recursion miss, by its own perf count of the
+    /// tracepoint (`signal_check`), per program (`signal_generate`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_by_kernel: BTreeMap<String, u64>,
 }
 
-impl ClockInfo {
-    /// Reads both clocks now.
-    pub fn now() -> Self {
-        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            name: "CLOCK_MONOTONIC".into(),
-            realtime_offset_ns: realtime as i64 - monotonic as i64,
-            start_ns: monotonic,
-        }
+impl LossCounts {
+    /// Total ring-buffer drops.
+    pub fn ring_total(&self) -> u64 {
+        self.ring_full.values().sum()
     }
-}
 
-/// Nanoseconds of a clock.
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(clock, &raw mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
+    /// Total undecodable records.
+    pub fn undecodable_total(&self) -> u64 {
+        self.undecodable.values().sum()
+    }
 
-/// The first record: everything needed to interpret the events.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Metadata {
-    /// [`FORMAT_NAME`].
-    pub format: String,
-    /// [`FORMAT_VERSION`] of the writer.
-    pub version: u32,
-    /// Who wrote it.
-    pub tracer: TracerIdentity,
-    /// Host facts at start.
-    pub host: HostFacts,
-    /// Probe outcomes.
-    pub probes: ProbeReport,
-    /// Tracing mode the probes allowed.
-    pub mode: Option<TracingMode>,
-    /// Tracepoint layouts that could not be read.
-    #[serde(default)]
-    pub layout_problems: Vec<LayoutProblem>,
-    /// Time base.
-    pub clock: ClockInfo,
-    /// VMs and their vCPU index -> tid maps at start.
-    pub vms: Vec<VmThreads>,
-    /// Process filter (`-p`).
-    #[serde(default)]
-    pub pid_filter: Option<u32>,
-    /// Ring buffer size in bytes.
-    pub ring_bytes: u32,
-    /// Whether hostname, VM names and command lines were replaced.
-    #[serde(default)]
-    pub redacted: bool,
+    /// Total program runs the kernel skipped for recursion.
+    pub fn recursion_total(&self) -> u64 {
+        self.recursion_misses.values().sum()
+    }
+
+    /// Total runs the kernel skipped without counting a recursion miss.
+    pub fn skipped_by_kernel_total(&self) -> u64 {
+        self.skipped_by_kernel.values().sum()
+    }
+
+    /// Every program run the kernel skipped, counted either way.
+    pub fn kernel_skipped_total(&self) -> u64 {
+        self.recursion_total() + self.skipped_by_kernel_total()
+    }
+
+    /// Everything lost.
+    pub fn total(&self) -> u64 {
+        self.ring_total() + self.undecodable_total() + self.kernel_skipped_total()
+    }
+
+    /// Records one record that could not be decoded, keyed by why.
+    pub fn count_undecodable(&mut self, error: &impl std::fmt::Display) {
+        *self.undecodable.entry(error.to_string()).or_default() += 1;
+    }
 }
 
 /// What was dropped.
@@ -141,84 +113,6 @@ pub struct LostRecord {
     pub count: u64,
 }
 
-/// Why the recording ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// `-d` elapsed.
-    Duration,
-    /// SIGINT or SIGTERM.
-    Signal,
-    /// `q` pressed.
-    Quit,
-}
-
-/// The last record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// CLOCK_MONOTONIC at the end.
-    pub ts_ns: u64,
-    /// Why it ended.
-    pub ended_by: EndReason,
-    /// Event lines written.
-    pub events_written: u64,
-    /// Events traced but not written (queue full or write failure).
-    pub events_not_written: u64,
-    /// Kernel-side and decoding losses over the whole session.
-    pub losses: LossCounts,
-    /// Per-thread totals and verdicts at the end (with the kernel's own counts).
-    pub threads: Vec<ThreadRow>,
-    /// Threads the eBPF programs counted that have no row (timer signals to
-    /// threads that are neither vCPUs nor split-locking), with the kernel's
-    /// exact counts: every `signal` event in the file is covered by a row's
-    /// or one of these threads' counts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub counted_threads: Vec<CountedThread>,
-    /// VMs at the end.
-    pub vms: Vec<VmThreads>,
-}
-
-/// A thread known only from the in-kernel counters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CountedThread {
-    /// Thread id.
-    pub tid: u32,
-    /// Thread group id, once an event ran in the thread itself (0 before).
-    pub tgid: u32,
-    /// The kernel's counts.
-    pub kernel: KernelCounts,
-}
-
-impl Summary {
-    /// A summary with nothing counted yet (the writer fills in its counts).
-    pub fn new(ts_ns: u64, ended_by: EndReason) -> Self {
-        Self {
-            ts_ns,
-            ended_by,
-            events_written: 0,
-            events_not_written: 0,
-            losses: LossCounts::default(),
-            threads: Vec::new(),
-            counted_threads: Vec::new(),
-            vms: Vec::new(),
-        }
-    }
-}
-
-/// One line of a recording.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Record {
-    /// The first line.
-    Meta(Box<Metadata>),
-    /// One traced event.
-    Event(Event),
-    /// Something was dropped.
-    Lost(LostRecord),
-    /// The last line.
-    Summary(Box<Summary>),
-}
-
 /// Adds a `lost` record's count to the totals it came from (the inverse of
 /// [`loss_records`]).
 pub fn apply_loss(totals: &mut LossCounts, record: &LostRecord) {
@@ -243,8 +137,8 @@ pub fn loss_records(before: &LossCounts, now: &LossCounts, ts_ns: u64) -> Vec<Lo
     fn keyed(
         out: &mut Vec<LostRecord>,
         cause: LostCause,
-        before: &std::collections::BTreeMap<String, u64>,
-        now: &std::collections::BTreeMap<String, u64>,
+        before: &BTreeMap<String, u64>,
+        now: &BTreeMap<String, u64>,
         ts_ns: u64,
     ) {
         for (detail, count) in now {
@@ -346,6 +240,3 @@ mod tests {
         assert_eq!(rebuilt, now);
     }
 }
-
-#[cfg(test)]
-mod format_tests;

@@ -1,18 +1,90 @@
-//! Writer and reader on modelled streams: round trip, interruption,
-//! corruption, versions and file safety.
+//! Writer and reader on a stream of sample events (KVM_RUN returns and
+//! the timer signals behind them): round trip, interruption, corruption,
+//! versions and file safety.
 
 use std::{io::Write as _, os::unix::fs::PermissionsExt as _, path::Path};
 
-use super::{
-    EndReason, LostCause, LostRecord, Record, Summary,
+use crate::{
+    ClockInfo, EndReason, Event, EventBody, FORMAT_NAME, FORMAT_VERSION, HostFacts, LostCause,
+    LostRecord, Metadata, ProbeReport, Record, Summary, TracerIdentity,
     reader::{ReadError, RecordingReader},
     writer::{CreateError, RecordingWriter, create_output},
 };
-use crate::simulate::{self, ProbeSet, Scenario};
 
-fn write_modelled(path: &Path, finish: bool) -> Vec<crate::events::Event> {
-    let run = simulate::run(&Scenario::seed_001(250, 1.0, 500));
-    let metadata = simulate::modelled_metadata(ProbeSet::Full, run.events[0].ts_ns);
+/// Sample events, not a model of anything: `count` pairs of a timer
+/// signal to tid 11 and an EINTR return of KVM_RUN, 1 ms apart.
+fn sample_events(count: u64) -> Vec<Event> {
+    (0..count)
+        .flat_map(|i| {
+            let ts_ns = 1_000_000_000 + i * 1_000_000;
+            let event = |ts_ns, body| Event {
+                ts_ns,
+                cpu: 0,
+                tgid: 10,
+                tid: 11,
+                comm: "CPU 0/KVM".into(),
+                body,
+            };
+            [
+                event(
+                    ts_ns,
+                    EventBody::Signal {
+                        sig: 10,
+                        errno: 0,
+                        code: -2,
+                        target_tid: 11,
+                        group: Some(0),
+                        result: Some(0),
+                    },
+                ),
+                event(
+                    ts_ns + 1_000,
+                    EventBody::UserspaceExit {
+                        reason: 10,
+                        errno: -4,
+                    },
+                ),
+            ]
+        })
+        .collect()
+}
+
+fn sample_metadata() -> Metadata {
+    Metadata {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        tracer: TracerIdentity {
+            version: "test".into(),
+            git_commit: "test".into(),
+            command_line: vec!["format_tests".into()],
+        },
+        host: HostFacts::default(),
+        probes: ProbeReport {
+            entries: Vec::new(),
+        },
+        mode: None,
+        layout_problems: Vec::new(),
+        clock: ClockInfo {
+            name: "CLOCK_MONOTONIC".into(),
+            realtime_offset_ns: 0,
+            start_ns: 1_000_000_000,
+        },
+        vms: Vec::new(),
+        pid_filter: None,
+        ring_bytes: 1 << 22,
+        redacted: false,
+    }
+}
+
+struct SampleRun {
+    events: Vec<Event>,
+}
+
+fn write_modelled(path: &Path, finish: bool) -> Vec<Event> {
+    let run = SampleRun {
+        events: sample_events(250),
+    };
+    let metadata = sample_metadata();
     let writer = RecordingWriter::create(path, false, metadata, 1 << 16).unwrap();
     for event in &run.events {
         writer.event(event.clone());
@@ -222,8 +294,10 @@ fn output_files_are_never_clobbered_or_followed() {
 fn a_full_queue_is_counted_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rec.jsonl");
-    let run = simulate::run(&Scenario::seed_001(250, 1.0, 2000));
-    let metadata = simulate::modelled_metadata(ProbeSet::Full, 0);
+    let run = SampleRun {
+        events: sample_events(1000),
+    };
+    let metadata = sample_metadata();
     // A queue of one record: most events find it full.
     let writer = RecordingWriter::create(&path, false, metadata, 1).unwrap();
     for event in &run.events {

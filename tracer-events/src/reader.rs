@@ -7,7 +7,7 @@ use std::{
 
 use thiserror::Error;
 
-use super::{FORMAT_NAME, FORMAT_VERSION, Metadata, Record};
+use crate::record::{FORMAT_NAME, FORMAT_VERSION, Metadata, Record};
 
 /// Why a recording cannot be read. Every variant is bad input (exit code 2)
 /// except [`ReadError::Io`].

@@ -24,8 +24,11 @@ use std::{
 
 use thiserror::Error;
 
-use super::{LostCause, LostRecord, Metadata, Record, Summary};
-use crate::events::Event;
+use crate::{
+    event::Event,
+    loss::{LostCause, LostRecord},
+    record::{Metadata, Record, Summary},
+};
 
 /// Longest time a written record stays in memory.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -295,6 +298,12 @@ impl RecordingWriter {
         self.events_written.load(Ordering::Relaxed)
     }
 
+    /// The live count behind [`RecordingWriter::events_written`], for a
+    /// progress display that outlives a borrow of the writer.
+    pub fn events_written_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.events_written)
+    }
+
     /// Writes the summary (its `events_written`/`events_not_written` are
     /// filled in here), flushes, syncs and returns what happened.
     pub fn finish(mut self, summary: Summary) -> WriterOutcome {
@@ -332,7 +341,7 @@ fn writer_loop(
         let dropped = queue_dropped.load(Ordering::Relaxed);
         if dropped > *reported {
             let record = Record::Lost(LostRecord {
-                ts_ns: super::clock_ns(libc::CLOCK_MONOTONIC),
+                ts_ns: crate::record::clock_ns(libc::CLOCK_MONOTONIC),
                 cause: LostCause::RecorderQueueFull,
                 detail: None,
                 count: dropped - *reported,

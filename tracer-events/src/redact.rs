@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Metadata, Summary};
-use crate::{kernel::host::VmThreads, model::ProcessInfo};
+use crate::{
+    host::{ProcessInfo, VmThreads},
+    record::{Metadata, Summary},
+};
 
 /// Kernel command-line parameters kept when redacting: they decide how
 /// split locks and KVM behave; everything else (root=, UUIDs, paths) goes.

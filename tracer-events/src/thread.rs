@@ -1,0 +1,188 @@
+//! Per-thread results as recorded and shown: the verdict, the totals, the
+//! display row of a thread, and the kernel's own per-thread counts.
+
+use serde::{Deserialize, Serialize};
+
+/// What a thread is doing, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Punish-interrupt livelock: no forward progress.
+    Livelock,
+    /// Killed by SIGBUS after a split-lock trap (split_lock_detect=fatal).
+    Killed,
+    /// KVM_RUN returned an internal error, failed entry or shutdown.
+    KvmError,
+    /// Split-lock traps that complete their punishment: slowed, progressing.
+    Throttled,
+    /// Active, no split-lock trouble.
+    Ok,
+    /// Nothing seen in the window.
+    Idle,
+}
+
+impl Verdict {
+    /// Label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Livelock => "LIVELOCK",
+            Self::Killed => "KILLED",
+            Self::KvmError => "KVM ERROR",
+            Self::Throttled => "THROTTLED",
+            Self::Ok => "OK",
+            Self::Idle => "IDLE",
+        }
+    }
+}
+
+/// Totals since the thread was first seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadTotals {
+    /// Split-lock traps (guest or host).
+    pub traps: u64,
+    /// `split_lock_warn` entries.
+    pub warns: u64,
+    /// Episodes whose punishment was interrupted.
+    pub interrupted_episodes: u64,
+    /// Episodes that completed.
+    pub completed_episodes: u64,
+    /// Punishment sleeps interrupted.
+    pub sleeps_interrupted: u64,
+    /// Semaphore waits interrupted.
+    pub semaphore_interrupted: u64,
+    /// SI_TIMER signals aimed at the thread.
+    pub timer_signals: u64,
+    /// Other signals aimed at the thread.
+    pub other_signals: u64,
+    /// KVM_RUN returns.
+    pub userspace_exits: u64,
+    /// KVM_RUN EINTR returns.
+    pub eintr_exits: u64,
+    /// Error returns (internal error, failed entry, shutdown, exception).
+    pub error_exits: u64,
+    /// #AC VM exits.
+    pub ac_vm_exits: u64,
+}
+
+/// Formats a monotonic timestamp as seconds with µs.
+pub fn format_ts(ts_ns: u64) -> String {
+    format!(
+        "{}.{:06}",
+        ts_ns / 1_000_000_000,
+        (ts_ns % 1_000_000_000) / 1000
+    )
+}
+
+/// One row of the live table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThreadRow {
+    /// Process id.
+    pub pid: u32,
+    /// VM label (`VMID (name)`), when known.
+    pub vm: Option<String>,
+    /// vCPU index.
+    pub vcpu: Option<u32>,
+    /// Thread id.
+    pub tid: u32,
+    /// comm.
+    pub comm: String,
+    /// Split-lock traps per second (window).
+    pub traps_per_s: f64,
+    /// Last trap IP.
+    pub last_ip: Option<u64>,
+    /// Share of episodes interrupted in the window, percent.
+    pub interrupted_pct: Option<f64>,
+    /// Signals per second (window).
+    pub signals_per_s: f64,
+    /// Typical SI_TIMER period (interquartile mean of the last 32 intervals), ms.
+    pub timer_period_ms: Option<f64>,
+    /// EINTR returns of KVM_RUN per second.
+    pub eintr_per_s: f64,
+    /// Share of wall time inside split-lock handling, percent.
+    pub punished_pct: f64,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// false when inferred from tracepoints only.
+    pub confirmed: bool,
+    /// Evidence lines.
+    pub evidence: Vec<String>,
+    /// Totals since first seen.
+    pub totals: ThreadTotals,
+    /// The kernel's own exact counts for this thread (live sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounts>,
+}
+
+/// Exact per-thread counts kept by the eBPF programs in a map, independent
+/// of ring-buffer delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounts {
+    /// Guest split-lock traps.
+    pub guest_traps: u64,
+    /// Host split-lock traps.
+    pub user_traps: u64,
+    /// Punishment sleeps interrupted.
+    pub sleeps_interrupted: u64,
+    /// Punishment sleeps completed.
+    pub sleeps_completed: u64,
+    /// Semaphore waits interrupted.
+    pub semaphore_interrupted: u64,
+    /// SI_TIMER signals.
+    pub timer_signals: u64,
+    /// Other signals.
+    pub other_signals: u64,
+    /// All VM exits.
+    pub vm_exits: u64,
+    /// #AC VM exits.
+    pub ac_vm_exits: u64,
+    /// KVM_RUN returns.
+    pub userspace_exits: u64,
+    /// KVM_RUN EINTR returns.
+    pub eintr_exits: u64,
+    /// KVM_RUN error returns.
+    pub error_exits: u64,
+}
+
+impl ThreadRow {
+    /// A vCPU thread without trouble, traps, signals or EINTR returns in
+    /// the window (shown only with `--all`).
+    pub fn is_quiet(&self) -> bool {
+        matches!(self.verdict, Verdict::Ok | Verdict::Idle)
+            && self.totals.traps == 0
+            && self.eintr_per_s == 0.0
+            && self.signals_per_s == 0.0
+    }
+
+    /// `LIVELOCK` or `LIVELOCK?` for inferred verdicts.
+    pub fn verdict_label(&self) -> String {
+        if self.confirmed {
+            self.verdict.label().to_owned()
+        } else {
+            format!("{} (inferred)", self.verdict.label())
+        }
+    }
+}
+
+/// A thread's verdict changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictChange {
+    /// When (CLOCK_MONOTONIC: the event that changed it, an interval tick, or the end).
+    pub ts_ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub pid: u32,
+    /// vCPU index.
+    pub vcpu: Option<u32>,
+    /// Previous verdict (`None` = first seen).
+    pub from: Option<Verdict>,
+    /// Whether the previous verdict was confirmed.
+    #[serde(default)]
+    pub from_confirmed: bool,
+    /// New verdict.
+    pub to: Verdict,
+    /// Confirmed by kprobes (false = inferred).
+    pub confirmed: bool,
+    /// First evidence line.
+    pub reason: Option<String>,
+}
