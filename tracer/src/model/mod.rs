@@ -1,10 +1,13 @@
-//! The pure per-thread model and livelock classifier.
+//! The pure per-thread model: state updated by events, a classifier that
+//! reads it, advice apart, and display rows built from it.
 //!
 //! It eats [`Event`]s (live, replayed or modelled) and never touches the
 //! kernel. Per thread it assembles split-lock episodes (trap, optional
-//! `split_lock_warn`, sleep result, semaphore result, return), keeps
-//! sliding-window rates and totals, and classifies the thread with the
-//! evidence behind the verdict.
+//! `split_lock_warn`, sleep result, semaphore result, return) and keeps
+//! sliding-window rates and totals (this file); [`classify`] reads that
+//! state without changing it and returns the verdict with its evidence;
+//! [`advice`] holds the mitigations; [`rows`] builds the display rows;
+//! verdict changes are tracked once, here ([`Model::verdict_changes`]).
 //!
 //! Thresholds and hysteresis (also in docs/classifier.md):
 //! * LIVELOCK (confirmed) is entered after [`LIVELOCK_STREAK`] consecutive
@@ -20,19 +23,22 @@
 //!   that was not cut short) or after [`QUIET_HOLD_NS`] without a trap.
 //! * KILLED and KVM ERROR are sticky for the life of the thread.
 
+pub mod advice;
+mod classify;
 pub mod rate;
+mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{BUS_ADRALN, KVM_RUN_EINTR, SI_TIMER, SIGBUS, kvm_exit_reason, vmx};
 pub use tracer_events::thread::format_ts;
+
+pub use self::advice::LIVELOCK_MITIGATIONS;
 use tracer_events::{ProcessInfo, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
 use self::rate::{IntervalTracker, SlidingSum, WINDOW_NS};
-use crate::events::{
-    Comm, Event, EventBody, TrapSource, kvm_exit_reason_name, signal_code_name, signal_name,
-};
+use crate::events::{Comm, Event, EventBody, TrapSource, kvm_exit_reason_name};
 
 /// Consecutive interrupted episodes (or cut-short #AC exits) that make a livelock.
 pub const LIVELOCK_STREAK: u32 = 3;
@@ -114,16 +120,16 @@ impl LazyWindows {
         self.0.get_or_insert_with(Box::default)
     }
 
-    fn sum(&mut self, now_ns: u64, pick: fn(&mut Windows) -> &mut SlidingSum) -> u64 {
+    fn sum(&self, now_ns: u64, pick: fn(&Windows) -> &SlidingSum) -> u64 {
         self.0
-            .as_deref_mut()
-            .map_or(0, |windows| pick(windows).sum(now_ns))
+            .as_deref()
+            .map_or(0, |windows| pick(windows).sum_at(now_ns))
     }
 
-    fn per_second(&mut self, now_ns: u64, pick: fn(&mut Windows) -> &mut SlidingSum) -> f64 {
+    fn per_second(&self, now_ns: u64, pick: fn(&Windows) -> &SlidingSum) -> f64 {
         self.0
-            .as_deref_mut()
-            .map_or(0.0, |windows| pick(windows).per_second(now_ns))
+            .as_deref()
+            .map_or(0.0, |windows| pick(windows).per_second_at(now_ns))
     }
 }
 
@@ -371,7 +377,30 @@ impl ThreadState {
         }
     }
 
+    /// No trap for [`QUIET_HOLD_NS`] before `now_ns`: a livelock has ended.
+    fn quiet_at(&self, now_ns: u64) -> bool {
+        self.last_trap_ns
+            .is_none_or(|last| now_ns.saturating_sub(last) > QUIET_HOLD_NS)
+    }
+
+    /// The livelock in force at `now_ns`: none after a quiet spell, and no
+    /// inferred one on a host that does not punish (a short #AC-to-EINTR
+    /// gap proves nothing there).
+    fn effective_livelock(&self, now_ns: u64, misery_possible: bool) -> Option<LivelockState> {
+        self.livelock
+            .filter(|_| !self.quiet_at(now_ns))
+            .filter(|state| misery_possible || state.confirmed)
+    }
+
+    /// A trap after a quiet spell starts afresh: the old livelock is over.
+    fn trap_seen(&mut self, ts: u64) {
+        if self.quiet_at(ts) {
+            self.livelock = None;
+        }
+    }
+
     fn begin_episode(&mut self, ts: u64, ip: u64, source: TrapSource) {
+        self.trap_seen(ts);
         self.totals.traps += 1;
         self.windows.get().traps.add(ts, 1);
         self.last_trap_ns = Some(ts);
@@ -389,6 +418,7 @@ impl ThreadState {
     }
 
     fn apply_ac_exit(&mut self, ts: u64, rip: u64) {
+        self.trap_seen(ts);
         self.totals.ac_vm_exits += 1;
         self.windows.get().ac_exits.add(ts, 1);
         self.last_ip = Some(rip);
@@ -414,11 +444,11 @@ impl ThreadState {
 
     /// Traps in the window: handler entries when the kprobes see them,
     /// otherwise #AC VM exits (tracepoint-only).
-    fn traps_in_window(&mut self, now_ns: u64) -> u64 {
+    fn traps_in_window(&self, now_ns: u64) -> u64 {
         if self.totals.traps > 0 {
-            self.windows.sum(now_ns, |w| &mut w.traps)
+            self.windows.sum(now_ns, |w| &w.traps)
         } else {
-            self.windows.sum(now_ns, |w| &mut w.ac_exits)
+            self.windows.sum(now_ns, |w| &w.ac_exits)
         }
     }
 
@@ -482,141 +512,6 @@ impl ThreadState {
             self.totals.error_exits += 1;
         }
     }
-
-    /// Current verdict, with the evidence behind it, at time `now_ns`.
-    /// `misery_possible` is false when the host is known not to punish
-    /// (`split_lock_mitigate=0`, or a kernel before 5.19): then no inferred
-    /// livelock is reported, since a short #AC-to-EINTR gap proves nothing.
-    pub fn classify(&mut self, now_ns: u64, misery_possible: bool) -> (Verdict, bool, Vec<String>) {
-        let (verdict, confirmed) = self.verdict(now_ns, misery_possible);
-        let evidence = self.evidence(verdict, now_ns);
-        (verdict, confirmed, evidence)
-    }
-
-    /// The verdict alone (cheap: no evidence text), at time `now_ns`.
-    pub fn verdict(&mut self, now_ns: u64, misery_possible: bool) -> (Verdict, bool) {
-        let quiet = self
-            .last_trap_ns
-            .is_none_or(|last| now_ns.saturating_sub(last) > QUIET_HOLD_NS);
-        if quiet || (!misery_possible && self.livelock.is_some_and(|state| !state.confirmed)) {
-            self.livelock = None;
-        }
-        if self.kvm_error.is_some() {
-            return (Verdict::KvmError, true);
-        }
-        if self.killed.is_some() {
-            return (Verdict::Killed, true);
-        }
-        if let Some(state) = self.livelock {
-            return (Verdict::Livelock, state.confirmed);
-        }
-        if self.traps_in_window(now_ns) > 0 && !quiet {
-            return (Verdict::Throttled, self.totals.traps > 0);
-        }
-        if now_ns.saturating_sub(self.last_seen_ns) <= WINDOW_NS {
-            (Verdict::Ok, true)
-        } else {
-            (Verdict::Idle, true)
-        }
-    }
-
-    /// The evidence behind `verdict` (as returned by [`Self::verdict`]).
-    fn evidence(&mut self, verdict: Verdict, now_ns: u64) -> Vec<String> {
-        match verdict {
-            Verdict::KvmError => {
-                let reason = self.kvm_error.clone().unwrap_or_default();
-                let hint = kvm_error_hint(&reason);
-                vec![reason, hint]
-            }
-            Verdict::Killed => vec![
-                self.killed.clone().unwrap_or_default(),
-                "split_lock_detect=fatal kills the task; boot with split_lock_detect=warn or fix the guest".into(),
-            ],
-            Verdict::Livelock => match self.livelock {
-                Some(state) => self.livelock_evidence(now_ns, state),
-                None => Vec::new(),
-            },
-            Verdict::Throttled => {
-                let traps_in_window = self.traps_in_window(now_ns);
-                let mut evidence = if self.totals.traps > 0 {
-                    let completed =
-                        self.windows.sum(now_ns, |w| &mut w.episodes) - self.windows.sum(now_ns, |w| &mut w.interrupted);
-                    vec![format!(
-                        "{traps_in_window} split-lock traps in the last {} s, {completed} completed the punishment",
-                        WINDOW_NS / 1_000_000_000
-                    )]
-                } else {
-                    vec![format!(
-                        "inferred (no kprobes): {traps_in_window} #AC VM exits in the last {} s, not cut short by signals",
-                        WINDOW_NS / 1_000_000_000
-                    )]
-                };
-                if let Some(ip) = self.last_ip {
-                    evidence.push(format!("last IP 0x{ip:x}"));
-                }
-                evidence
-            }
-            Verdict::Ok | Verdict::Idle => Vec::new(),
-        }
-    }
-
-    fn livelock_evidence(&mut self, now_ns: u64, state: LivelockState) -> Vec<String> {
-        let mut evidence = Vec::new();
-        if state.confirmed {
-            let ip = self.streak_ip.unwrap_or_default();
-            evidence.push(format!(
-                "{} consecutive split-lock traps at IP 0x{ip:x}, each punishment interrupted, none completed",
-                self.interrupted_streak
-            ));
-            if let Some(episode) = &self.last_episode {
-                match episode.sleep {
-                    Some((StepOutcome::Interrupted, left)) => evidence.push(format!(
-                        "msleep_interruptible(10) returned {left} (ms left): sleep cut short"
-                    )),
-                    _ if episode.semaphore == Some(StepOutcome::Interrupted) => {
-                        evidence.push("down_interruptible(&buslock_sem) returned -EINTR".into());
-                    }
-                    _ => {}
-                }
-            }
-        } else {
-            evidence.push(format!(
-                "inferred (no kprobes): {} consecutive #AC VM exits at guest RIP 0x{:x}, each followed by KVM_RUN -EINTR within {} ms, no other exit",
-                self.ac.streak,
-                self.ac.rip,
-                PUNISHMENT_MIN_NS / 1_000_000
-            ));
-        }
-        if let Some(period) = self.timer_signals.typical_ms() {
-            let (sig, code) = self.last_signal.unwrap_or((0, SI_TIMER));
-            let comparison = if period < PUNISHMENT_MIN_NS as f64 / 1e6 {
-                "faster than the 10 ms punishment"
-            } else {
-                "not faster than the nominal 10 ms punishment, but faster than the sleep at this HZ"
-            };
-            evidence.push(format!(
-                "{} {} every {period:.1} ms ({comparison})",
-                signal_code_name(code),
-                signal_name(sig)
-            ));
-        }
-        evidence.push(format!(
-            "stuck for {:.1} s; {:.0} EINTR exits/s",
-            now_ns.saturating_sub(state.since_ns) as f64 / 1e9,
-            self.windows.per_second(now_ns, |w| &mut w.eintr)
-        ));
-        evidence
-    }
-}
-
-fn kvm_error_hint(reason: &str) -> String {
-    if reason.contains("INTERNAL_ERROR") {
-        "KVM internal error (e.g. Suberror 3): on Jasper/Elkhart Lake update CPU microcode (tracer doctor)".into()
-    } else if reason.contains("FAIL_ENTRY") {
-        "VM entry failed (e.g. hardware error 0x80000021): try kvm.tdp_mmu=N, update BIOS/microcode (tracer doctor)".into()
-    } else {
-        "guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()
-    }
 }
 
 /// The whole model: threads by tid, plus process identities.
@@ -631,13 +526,6 @@ pub struct Model {
     /// and [`Model::verdict_change_of`].
     reported: HashMap<u32, (Verdict, bool)>,
 }
-
-/// The mitigations for a LIVELOCK row.
-pub const LIVELOCK_MITIGATIONS: [&str; 3] = [
-    "sysctl kernel.split_lock_mitigate=0 (no sleep, no semaphore: no signal window)",
-    "boot with split_lock_detect=off (no #AC traps at all)",
-    "make the VMM's vCPU kick timer slower than the punishment sleep ((msecs_to_jiffies(10)+1) jiffies: 11 ms at HZ=1000, 16 ms at HZ=250)",
-];
 
 impl Model {
     /// An empty model.
@@ -735,22 +623,18 @@ impl Model {
 
     /// A thread's verdict at `now_ns` without evidence (cheap enough to
     /// ask after every event).
-    pub fn verdict_of(&mut self, tid: u32, now_ns: u64) -> Option<(Verdict, bool)> {
+    pub fn verdict_of(&self, tid: u32, now_ns: u64) -> Option<(Verdict, bool)> {
         let misery_possible = self.misery != Some(false);
         self.threads
-            .get_mut(&tid)
+            .get(&tid)
             .map(|thread| thread.verdict(now_ns, misery_possible))
     }
 
     /// A thread's verdict with its evidence at `now_ns`.
-    pub fn classify_thread(
-        &mut self,
-        tid: u32,
-        now_ns: u64,
-    ) -> Option<(Verdict, bool, Vec<String>)> {
+    pub fn classify_thread(&self, tid: u32, now_ns: u64) -> Option<(Verdict, bool, Vec<String>)> {
         let misery_possible = self.misery != Some(false);
         self.threads
-            .get_mut(&tid)
+            .get(&tid)
             .map(|thread| thread.classify(now_ns, misery_possible))
     }
 
@@ -822,61 +706,6 @@ impl Model {
     /// A thread's state.
     pub fn thread(&self, tid: u32) -> Option<&ThreadState> {
         self.threads.get(&tid)
-    }
-
-    /// Rows for every thread with split-lock or KVM activity (all vCPU
-    /// threads with `include_quiet`), stuck threads first.
-    pub fn rows(&mut self, now_ns: u64, include_quiet: bool) -> Vec<ThreadRow> {
-        let processes = &self.processes;
-        let misery_possible = self.misery != Some(false);
-        let mut rows: Vec<ThreadRow> = self
-            .threads
-            .values_mut()
-            .filter(|thread| thread.has_row())
-            .map(|thread| {
-                let (verdict, confirmed, evidence) = thread.classify(now_ns, misery_possible);
-                let episodes = thread.windows.sum(now_ns, |w| &mut w.episodes);
-                let interrupted = thread.windows.sum(now_ns, |w| &mut w.interrupted);
-                ThreadRow {
-                    pid: thread.tgid,
-                    vm: processes.get(&thread.tgid).and_then(ProcessInfo::label),
-                    vcpu: thread.vcpu,
-                    tid: thread.tid,
-                    comm: thread.comm.to_string(),
-                    traps_per_s: thread.traps_in_window(now_ns) as f64 / (WINDOW_NS as f64 / 1e9),
-                    last_ip: thread.last_ip,
-                    interrupted_pct: (episodes > 0)
-                        .then(|| interrupted as f64 * 100.0 / episodes as f64),
-                    signals_per_s: thread.signals.per_second(now_ns),
-                    timer_period_ms: thread
-                        .timer_signals
-                        .last()
-                        .filter(|last| now_ns.saturating_sub(*last) <= WINDOW_NS)
-                        .and(thread.timer_signals.typical_ms()),
-                    eintr_per_s: thread.windows.per_second(now_ns, |w| &mut w.eintr),
-                    punished_pct: (thread.windows.sum(now_ns, |w| &mut w.punished_ns) as f64
-                        * 100.0
-                        / WINDOW_NS as f64)
-                        .min(100.0),
-                    verdict,
-                    confirmed,
-                    evidence,
-                    totals: thread.totals.clone(),
-                    kernel: None,
-                }
-            })
-            // quiet vCPU threads are shown only with --all
-            .filter(|row| include_quiet || !row.is_quiet())
-            .collect();
-        rows.sort_by(|a, b| {
-            (a.verdict, a.pid, a.vcpu.unwrap_or(u32::MAX), a.tid).cmp(&(
-                b.verdict,
-                b.pid,
-                b.vcpu.unwrap_or(u32::MAX),
-                b.tid,
-            ))
-        });
-        rows
     }
 }
 

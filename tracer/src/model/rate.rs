@@ -37,6 +37,24 @@ impl SlidingSum {
         self.buckets[(bucket % BUCKETS as u64) as usize] += value;
     }
 
+    /// Sum over the window ending at `now_ns`, without moving the window
+    /// (what the classifier reads).
+    pub fn sum_at(&self, now_ns: u64) -> u64 {
+        let now = now_ns / BUCKET_NS;
+        // Buckets hold indices newest-BUCKETS+1 ..= newest; of those, the
+        // window ending at `now` keeps the ones after now-BUCKETS.
+        (0..BUCKETS as u64)
+            .filter_map(|age| self.newest.checked_sub(age))
+            .filter(|index| index + BUCKETS as u64 > now && *index <= now)
+            .map(|index| self.buckets[(index % BUCKETS as u64) as usize])
+            .sum()
+    }
+
+    /// [`SlidingSum::sum_at`] per second.
+    pub fn per_second_at(&self, now_ns: u64) -> f64 {
+        self.sum_at(now_ns) as f64 / (WINDOW_NS as f64 / 1e9)
+    }
+
     /// Sum over the window ending at `now_ns`.
     pub fn sum(&mut self, now_ns: u64) -> u64 {
         self.advance(now_ns / BUCKET_NS);
@@ -104,6 +122,25 @@ impl IntervalTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_without_moving_the_window_gives_the_same_sums() {
+        let mut sum = SlidingSum::default();
+        let mut now = 5 * BUCKET_NS;
+        for step in 0..200u64 {
+            // Irregular steps: within a bucket, across a few, past the window.
+            now += [7, 130, 40, 2_500, 90][(step % 5) as usize] * 1_000_000;
+            sum.add(now, step % 3 + 1);
+            for later in [0, BUCKET_NS / 2, 3 * BUCKET_NS, WINDOW_NS, 2 * WINDOW_NS] {
+                let mut moved = sum.clone();
+                assert_eq!(
+                    sum.sum_at(now + later),
+                    moved.sum(now + later),
+                    "step {step} +{later}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn sliding_sum_forgets_old_buckets() {

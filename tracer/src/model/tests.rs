@@ -376,7 +376,7 @@ fn dead_threads_leave_after_the_window_when_reported_gone() {
 
 #[test]
 fn quiet_vcpu_threads_only_with_all() {
-    let mut model = replay(&[vcpu_event(
+    let model = replay(&[vcpu_event(
         1_000,
         EventBody::UserspaceExit {
             reason: 2,
@@ -496,7 +496,7 @@ fn a_split_locking_host_process_gets_a_row_and_a_verdict() {
             },
         ));
     }
-    let mut model = replay(&events);
+    let model = replay(&events);
     let now = model.latest_ns();
     let rows = model.rows(now, false);
     let row = rows
