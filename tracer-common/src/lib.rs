@@ -85,18 +85,33 @@ pub enum EventKind {
     KvmExit = 10,
 }
 
-/// Number of slots in the per-CPU drop counter array (indexed by kind; the
-/// last slot counts failed inserts into the thread-counter map).
+/// Number of slots in the per-CPU `RING_DROPS` array: one per [`EventKind`]
+/// value (ring-buffer reservation failures only).
 pub const EVENT_KIND_SLOTS: u32 = 16;
-/// `RING_DROPS` slot counting failed `THREAD_COUNTERS` inserts.
-pub const COUNTER_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 1;
-/// `RING_DROPS` slot counting failed `SPLIT_LOCK_WINDOW` inserts: the
-/// punishment results of that episode then go unreported.
-pub const WINDOW_INSERT_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 2;
-/// `RING_DROPS` slot counting program runs that returned early because a
-/// field of the event could not be read (the event is lost; userspace
-/// reports it with the undecodable records).
-pub const FIELD_READ_FAILED_SLOT: u32 = EVENT_KIND_SLOTS - 3;
+
+/// What else a program can fail at, counted per CPU in `PROGRAM_FAILURES`
+/// (indexed by the value): these are not ring drops.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramFailure {
+    /// An insert into `THREAD_COUNTERS` failed: that thread's exact counts
+    /// are short (its events still went to the ring).
+    CounterInsert = 0,
+    /// An insert into `SPLIT_LOCK_WINDOW` failed: the punishment results of
+    /// that episode go unreported.
+    WindowInsert = 1,
+    /// A field of the event could not be read: the program returned early
+    /// and the event is lost (userspace reports it with the undecodable
+    /// records).
+    FieldRead = 2,
+}
+
+/// Number of slots in `PROGRAM_FAILURES`.
+pub const PROGRAM_FAILURE_SLOTS: u32 = 3;
+
+/// Most threads the in-kernel per-thread counter map holds, and the most
+/// the userspace model keeps (the least recently seen go first in both).
+pub const MAX_THREADS: u32 = 16_384;
 
 impl EventKind {
     /// Every kind, in numeric order.
@@ -425,6 +440,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` of ring reservation failures, indexed by [`super::EventKind`].
     pub const RING_DROPS: &str = "RING_DROPS";
+    /// `PerCpuArray<u64>` of other program failures, indexed by [`super::ProgramFailure`].
+    pub const PROGRAM_FAILURES: &str = "PROGRAM_FAILURES";
     /// `LruHashMap<u32 tid, ThreadCounters>`.
     pub const THREAD_COUNTERS: &str = "THREAD_COUNTERS";
     /// `LruHashMap<u32 tid, u64 entry timestamp>`: threads inside a split-lock handler.

@@ -4,7 +4,8 @@
 //! 1. exact per-thread counters in `THREAD_COUNTERS`, updated first, so they
 //!    stay exact when the ring buffer is full;
 //! 2. a detailed record per event in the `EVENTS` ring buffer, whose
-//!    reservation failures are counted per CPU and per kind in `RING_DROPS`.
+//!    reservation failures are counted per CPU and per kind in `RING_DROPS`
+//!    (other program failures in `PROGRAM_FAILURES`).
 //!
 //! The punishment primitives (`msleep_interruptible`, `down_interruptible`)
 //! are called from all over the kernel; their return probes only report while
@@ -37,11 +38,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
-    BUS_ADRALN, COMM_LEN, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventHeader, EventKind,
-    FIELD_ABSENT, FIELD_READ_FAILED_SLOT, KVM_RUN_EINTR, KvmExitEvent, KvmUserspaceExitEvent,
+    BUS_ADRALN, COMM_LEN, EVENT_KIND_SLOTS, EventHeader, EventKind, FIELD_ABSENT, KVM_RUN_EINTR,
+    KvmExitEvent, KvmUserspaceExitEvent, MAX_THREADS, PROGRAM_FAILURE_SLOTS, ProgramFailure,
     PunishmentReturnEvent, SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent,
-    SplitLockTrapEvent, ThreadCounters, TimerSignalTally, TracerConfig, WINDOW_INSERT_FAILED_SLOT,
-    kvm_exit_reason, vmx,
+    SplitLockTrapEvent, ThreadCounters, TimerSignalTally, TracerConfig, kvm_exit_reason, vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -56,8 +56,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(tracer_common::DEFAULT_RING_BYT
 #[map(name = "RING_DROPS")]
 static RING_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
 
+#[map(name = "PROGRAM_FAILURES")]
+static PROGRAM_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_FAILURE_SLOTS, 0);
+
 #[map(name = "THREAD_COUNTERS")]
-static THREAD_COUNTERS: LruHashMap<u32, ThreadCounters> = LruHashMap::with_max_entries(16384, 0);
+static THREAD_COUNTERS: LruHashMap<u32, ThreadCounters> =
+    LruHashMap::with_max_entries(MAX_THREADS, 0);
 
 #[map(name = "SPLIT_LOCK_WINDOW")]
 static SPLIT_LOCK_WINDOW: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
@@ -107,27 +111,32 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn count_in_slot(index: u32) {
-    if let Some(slot) = RING_DROPS.get_ptr_mut(index) {
+fn count_in_slot(array: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = array.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while preemption is off.
         unsafe { *slot += 1 };
     }
 }
 
 #[inline(always)]
+fn count_failure(failure: ProgramFailure) {
+    count_in_slot(&PROGRAM_FAILURES, failure as u32);
+}
+
+#[inline(always)]
 fn count_counter_failure() {
-    count_in_slot(COUNTER_INSERT_FAILED_SLOT);
+    count_failure(ProgramFailure::CounterInsert);
 }
 
 /// An event lost because one of its fields could not be read.
 #[inline(always)]
 fn count_unreadable() {
-    count_in_slot(FIELD_READ_FAILED_SLOT);
+    count_failure(ProgramFailure::FieldRead);
 }
 
 #[inline(always)]
 fn count_drop(kind: EventKind) {
-    count_in_slot(kind as u32);
+    count_in_slot(&RING_DROPS, kind as u32);
 }
 
 /// The reader is woken once this share of the ring (1/8) holds unread data;
@@ -213,7 +222,7 @@ fn split_lock_entry(kind: EventKind, ip: u64) {
     }
     let now = now_ns();
     if SPLIT_LOCK_WINDOW.insert(tid, now, 0).is_err() {
-        count_in_slot(WINDOW_INSERT_FAILED_SLOT);
+        count_failure(ProgramFailure::WindowInsert);
     }
     if let Some(counters) = own_counters(tgid, tid, now) {
         match kind {

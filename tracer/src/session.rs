@@ -15,8 +15,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
-    CONFIG_GLOBAL, COUNTER_INSERT_FAILED_SLOT, EVENT_KIND_SLOTS, EventKind, FIELD_READ_FAILED_SLOT,
-    ThreadCounters, TracerConfig, WINDOW_INSERT_FAILED_SLOT, map_names,
+    CONFIG_GLOBAL, EVENT_KIND_SLOTS, EventKind, PROGRAM_FAILURE_SLOTS, ProgramFailure,
+    ThreadCounters, TracerConfig, map_names,
 };
 use tracer_events::{KernelCounts, LayoutProblem, LossCounts, ProbeReport, TracingMode};
 
@@ -305,29 +305,36 @@ impl TraceSession {
                 .skipped_by_kernel
                 .insert(crate::signal_check::SKIPPED_DETAIL.to_owned(), skipped);
         }
-        let map = self
-            .ebpf
-            .map(map_names::RING_DROPS)
-            .ok_or_else(|| anyhow!("map {} missing", map_names::RING_DROPS))?;
-        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        for slot in 0..EVENT_KIND_SLOTS {
-            let total: u64 = drops.get(&slot, 0)?.iter().sum();
-            if slot == FIELD_READ_FAILED_SLOT {
-                if total > 0 {
-                    losses
-                        .undecodable
-                        .insert(FIELD_READ_FAILED_DETAIL.to_owned(), total);
-                }
-            } else if slot == COUNTER_INSERT_FAILED_SLOT {
-                losses.counter_map_full = total;
-            } else if slot == WINDOW_INSERT_FAILED_SLOT {
-                losses.window_map_full = total;
-            } else if total > 0 {
+        let drops = self.per_cpu_totals(map_names::RING_DROPS, EVENT_KIND_SLOTS)?;
+        for (slot, total) in drops.into_iter().enumerate() {
+            if total > 0 {
                 let name = EventKind::from_raw(slot as u16).map_or("unknown", EventKind::name);
                 losses.ring_full.insert(name.to_owned(), total);
             }
         }
+        let failures = self.per_cpu_totals(map_names::PROGRAM_FAILURES, PROGRAM_FAILURE_SLOTS)?;
+        let failed = |failure: ProgramFailure| failures[failure as usize];
+        losses.counter_map_full = failed(ProgramFailure::CounterInsert);
+        losses.window_map_full = failed(ProgramFailure::WindowInsert);
+        if failed(ProgramFailure::FieldRead) > 0 {
+            losses.undecodable.insert(
+                FIELD_READ_FAILED_DETAIL.to_owned(),
+                failed(ProgramFailure::FieldRead),
+            );
+        }
         Ok(losses)
+    }
+
+    /// Each slot of a per-CPU `u64` array, summed over the CPUs.
+    fn per_cpu_totals(&self, name: &str, slots: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        (0..slots)
+            .map(|slot| Ok(array.get(&slot, 0)?.iter().sum()))
+            .collect()
     }
 
     /// Per-program counts of runs the kernel skipped for recursion.

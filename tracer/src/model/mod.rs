@@ -49,8 +49,9 @@ pub const QUIET_HOLD_NS: u64 = 2_000_000_000;
 pub const PUNISHMENT_MIN_NS: u64 = 10_000_000;
 /// A thread without any event for this long leaves the model.
 pub const THREAD_EXPIRY_NS: u64 = 30_000_000_000;
-/// Most threads kept; the least recently seen go first.
-pub const MAX_THREADS: usize = 16_384;
+/// Most threads kept; the least recently seen go first (the in-kernel
+/// counter map's size too).
+pub const MAX_THREADS: usize = tracer_common::MAX_THREADS as usize;
 
 /// How a punishment step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
