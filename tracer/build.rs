@@ -4,18 +4,46 @@
 //! Requirements (installed by `cargo xtask setup`): the `rust-src` component
 //! of the pinned toolchain and `bpf-linker` on PATH. `RUSTC_BOOTSTRAP=1`
 //! lets the stable compiler run `-Z build-std=core` for the BPF target.
+//!
+//! Without the `ebpf` feature (the fuzz build: no bpf-linker there) the
+//! object is an empty file at the same path and nothing is built.
+//!
+//! aya-build relays every line of the eBPF cargo build (its stderr, so every
+//! `Compiling …`, and each rendered compiler message) to this script's
+//! stdout as `cargo:warning=`, and has no option to stop that. While it runs,
+//! this script's stdout therefore goes to a log file in `OUT_DIR`; cargo's
+//! other directives in it are passed on, and the relayed lines are printed
+//! only when the eBPF build fails. A successful build whose compiler output
+//! has warnings gets one `cargo:warning` naming the log.
+
+use std::{
+    io::Write as _,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 /// Must match `rust-toolchain.toml`.
 const TOOLCHAIN: &str = "1.95.0";
+/// The object's file name in `OUT_DIR` (aya-build names it after the binary).
+const OBJECT: &str = "tracer-ebpf";
+/// What the eBPF build printed, in `OUT_DIR`.
+const LOG: &str = "ebpf-build.log";
 
 fn main() -> anyhow::Result<()> {
-    println!("cargo:rerun-if-changed=../rust-toolchain.toml");
     emit_git_commit();
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR is not set")?);
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        let object = out_dir.join(OBJECT);
+        std::fs::write(&object, [])
+            .with_context(|| format!("writing the empty {}", object.display()))?;
+        return Ok(());
+    }
+    println!("cargo:rerun-if-changed=../rust-toolchain.toml");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
-    let root_dir = std::path::Path::new(&manifest_dir)
+    let root_dir = Path::new(&manifest_dir)
         .parent()
         .ok_or_else(|| anyhow!("{manifest_dir} has no parent"))?
         .join("tracer-ebpf");
@@ -29,17 +57,103 @@ fn main() -> anyhow::Result<()> {
     }
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    aya_build::build_ebpf(
-        [Package {
-            name: "tracer-ebpf",
-            root_dir,
-            ..Package::default()
-        }],
-        Toolchain::Custom(TOOLCHAIN),
-    )
+    let log = out_dir.join(LOG);
+    let (built, printed) = with_stdout_in(&log, || {
+        aya_build::build_ebpf(
+            [Package {
+                name: "tracer-ebpf",
+                root_dir,
+                ..Package::default()
+            }],
+            Toolchain::Custom(TOOLCHAIN),
+        )
+    })?;
+    let mut relayed = Vec::new();
+    for line in printed.lines() {
+        match line
+            .strip_prefix("cargo:warning=")
+            .or_else(|| line.strip_prefix("cargo::warning="))
+        {
+            Some(text) => relayed.push(text),
+            // rerun-if-changed and the like: cargo needs them.
+            None => println!("{line}"),
+        }
+    }
+    // The log without the directive prefixes, for reading.
+    std::fs::write(&log, relayed.join("\n") + "\n")
+        .with_context(|| format!("writing {}", log.display()))?;
+    match built {
+        Ok(()) => {
+            if relayed.iter().any(|line| is_compiler_warning(line)) {
+                println!(
+                    "cargo:warning=the eBPF crate compiled with warnings: see {}",
+                    log.display()
+                );
+            }
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("--- the eBPF build printed:");
+            for line in &relayed {
+                eprintln!("{line}");
+            }
+            Err(error.context(format!(
+                "building the eBPF object (its output is above and in {})",
+                log.display()
+            )))
+        }
+    }
 }
 
-fn which_bpf_linker() -> Option<std::path::PathBuf> {
+/// A rendered rustc warning (`warning: …` or `warning[E…]: …` at column 0;
+/// cargo's own status lines are indented).
+fn is_compiler_warning(line: &str) -> bool {
+    line.starts_with("warning:") || line.starts_with("warning[")
+}
+
+unsafe extern "C" {
+    /// POSIX `dup2` (the C library every Rust program on Linux links); the
+    /// `libc` crate is not a build-dependency.
+    fn dup2(old: RawFd, new: RawFd) -> RawFd;
+}
+
+/// Points file descriptor `to` at what `from` refers to.
+fn redirect(from: RawFd, to: RawFd) -> anyhow::Result<()> {
+    // SAFETY: dup2 on descriptors this process has open; Rust's `Stdout`
+    // does not own fd 1 and keeps writing to whatever it refers to.
+    if unsafe { dup2(from, to) } < 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("dup2({from}, {to})"));
+    }
+    Ok(())
+}
+
+/// Runs `run` with this process's stdout going to the file `path`; returns
+/// its result and what it printed.
+fn with_stdout_in(
+    path: &Path,
+    run: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(anyhow::Result<()>, String)> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let stdout = std::io::stdout();
+    stdout.lock().flush().context("flushing stdout")?;
+    let saved = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout")?;
+    let fd = stdout.as_fd().as_raw_fd();
+    redirect(file.as_raw_fd(), fd)?;
+    let result = run();
+    let flushed = stdout.lock().flush();
+    // Restored before anything can fail, so cargo sees what follows.
+    redirect(saved.as_raw_fd(), fd)?;
+    flushed.with_context(|| format!("writing {}", path.display()))?;
+    let printed =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((result, printed))
+}
+
+fn which_bpf_linker() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join("bpf-linker"))

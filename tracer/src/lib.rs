@@ -22,6 +22,7 @@ pub mod sinks;
 pub mod storm;
 pub mod version;
 
-/// The eBPF object built by `build.rs` (all probes in one object).
+/// The eBPF object built by `build.rs` (all probes in one object); empty
+/// without the `ebpf` feature (the fuzz build), where nothing can be loaded.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));

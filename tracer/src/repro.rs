@@ -373,6 +373,7 @@ impl ThreadTimer {
 impl ThreadTimer {
     /// Arms a one-shot expiry at `deadline` on CLOCK_MONOTONIC
     /// (`TIMER_ABSTIME`: a deadline already past fires at once).
+    #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn arm_at(&self, deadline: Duration) -> anyhow::Result<()> {
         let spec = libc::itimerspec {
             it_interval: timespec(Duration::ZERO),

@@ -171,6 +171,9 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(map_names::EVENTS, bytes);
     }
+    if crate::EBPF_OBJECT.is_empty() {
+        bail!("this tracer was built without the `ebpf` feature: no eBPF object to load");
+    }
     let mut ebpf = loader
         .load(crate::EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -9,6 +9,8 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
+    sync::OnceLock,
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -22,6 +24,7 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const PACKAGE: &str = "split-lock-tracer";
 
 /// What `dist` produced.
+#[derive(Clone, Debug)]
 pub struct DistOutputs {
     /// The static binary.
     pub binary: PathBuf,
@@ -94,8 +97,33 @@ pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf>
     )))
 }
 
-/// Builds everything.
+/// The outputs of this process's one `dist` build.
+static BUILT: OnceLock<DistOutputs> = OnceLock::new();
+
+/// Builds everything, once per xtask process: `cargo xtask test` needs the
+/// outputs for the tests, `vm-test` and `bench`, and nothing they depend on
+/// changes in between (a second build would only re-check cargo's
+/// fingerprints, rerun `generate-assets` and `dpkg-deb` and rewrite
+/// target/dist/ under the same names).
 pub fn run() -> anyhow::Result<DistOutputs> {
+    if let Some(outputs) = BUILT.get() {
+        eprintln!(
+            "xtask: dist: {} and {} built earlier in this run",
+            outputs.binary.display(),
+            outputs.deb.display()
+        );
+        return Ok(outputs.clone());
+    }
+    let started = Instant::now();
+    let outputs = build()?;
+    eprintln!(
+        "xtask: dist: built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(BUILT.get_or_init(|| outputs).clone())
+}
+
+fn build() -> anyhow::Result<DistOutputs> {
     let built = build_static("tracer", None)?;
     let root = setup::workspace_root()?;
     let dist = root.join("target/dist");

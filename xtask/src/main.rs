@@ -123,14 +123,20 @@ fn run_tracer(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The host-side packages (the eBPF crate only builds for the BPF target).
-const HOST_PACKAGES: [&str; 6] = [
+const HOST_PACKAGES: [&str; 8] = [
     "--package",
     "tracer",
     "--package",
     "tracer-common",
     "--package",
+    "tracer-events",
+    "--package",
     "xtask",
 ];
+
+/// Features of the tests' (and clippy's) build: the generators of
+/// `tracer-testkit`, which the integration tests that need them require.
+const TEST_FEATURES: [&str; 2] = ["--features", "tracer/testkit"];
 
 /// cargo-fuzz release installed by `fuzz`.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
@@ -187,12 +193,15 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow::Result<()> {
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
-        run_command(cargo().arg("clippy").args(HOST_PACKAGES).args([
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        // With the test features, so the testkit and the tests that need
+        // it are linted too.
+        run_command(
+            cargo()
+                .arg("clippy")
+                .args(HOST_PACKAGES)
+                .args(TEST_FEATURES)
+                .args(["--all-targets", "--", "-D", "warnings"]),
+        )?;
     }
     // The static binary and the .deb, so the tests can run them in an
     // environment without any build tools.
@@ -205,8 +214,9 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
         .env("TRACER_DEB", &outputs.deb)
         .args(["test", "--no-fail-fast"])
         .args(HOST_PACKAGES)
+        .args(TEST_FEATURES)
         .args(["--", "--test-threads=1"]);
-    let outcome = run_tests_counting(&mut command)?;
+    let outcome = run_tests_counting(command)?;
     let fuzz_result = if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)
     } else {
@@ -231,8 +241,12 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     } else {
         bench::run(bench::BenchOptions::QUICK)
     };
-    // The closing lines CI reads: the failed tests by name (their output is
-    // far above by now) and the totals of every test binary.
+    // The closing lines CI reads: the skipped and the failed tests by name
+    // (their output is far above by now) and the totals of every test
+    // binary, skipped tests counted apart from passed ones.
+    for name in &outcome.skipped_names {
+        println!("SKIPPED test: {name}");
+    }
     for name in &outcome.failed_names {
         println!("FAILED test: {name}");
     }
@@ -242,8 +256,14 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
             println!("    {line}");
         }
     }
-    let TestOutcome { passed, failed, .. } = outcome;
-    println!("tests: {passed} passed, {failed} failed");
+    let TestOutcome {
+        passed,
+        failed,
+        skipped_names,
+        ..
+    } = outcome;
+    let skipped = skipped_names.len();
+    println!("tests: {passed} passed, {failed} failed, {skipped} skipped");
     if failed > 0 {
         bail!("{failed} tests failed");
     }
@@ -251,10 +271,15 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
 }
 
 /// What `cargo test` reported over all its test binaries.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct TestOutcome {
+    /// Passed tests, without those that printed a SKIP line.
     passed: u64,
     failed: u64,
-    /// `test <name> ... FAILED` lines, in the order they came.
+    /// Tests that printed `SKIP <test>: <reason>` and then passed, in the
+    /// order they ran.
+    skipped_names: Vec<String>,
+    /// Failed tests by name, in the order they came.
     failed_names: Vec<String>,
     /// The last lines of each failed test's captured output (its panic
     /// message among them), from libtest's `---- <name> stdout ----` blocks.
@@ -264,46 +289,48 @@ struct TestOutcome {
 /// How many lines of a failed test's output the closing summary repeats.
 const FAILURE_TAIL_LINES: usize = 20;
 
-/// Runs `cargo test`, echoing its output, sums the `test result:` lines and
-/// keeps the names of failed tests.
-fn run_tests_counting(command: &mut Command) -> anyhow::Result<TestOutcome> {
-    use std::io::{BufRead as _, BufReader};
+/// Reads `cargo test`'s output (stdout and stderr in one stream, in the
+/// order written) line by line.
+///
+/// With one test thread libtest writes `test <name> ... ` and flushes before
+/// the test runs, and the result (`ok`, `FAILED`, `ignored`) after it, so a
+/// test's direct stderr writes (the `SKIP` lines of `tests/common`) land
+/// between the two: `test <name> ... SKIP <test>: <reason>`, then `ok` on a
+/// line of its own. The totals come from the `test result:` lines; a test
+/// that printed a SKIP line and then passed counts as skipped, not passed.
+#[derive(Debug, Default)]
+struct TestCounter {
+    /// Sums of the `test result:` lines.
+    passed_total: u64,
+    failed: u64,
+    /// The test whose result is still to come, and whether it printed SKIP.
+    running: Option<(String, bool)>,
+    skipped_names: Vec<String>,
+    failed_names: Vec<String>,
+    failure_tails: Vec<(String, Vec<String>)>,
+    in_failure_block: bool,
+}
 
-    eprintln!("xtask: running {command:?}");
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {command:?}"))?;
-    let stdout = child.stdout.take().context("test stdout")?;
-    let (mut passed, mut failed) = (0, 0);
-    let mut failed_names = Vec::new();
-    let mut failure_tails: Vec<(String, Vec<String>)> = Vec::new();
-    let mut in_failure_block = false;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading test output")?;
-        println!("{line}");
+impl TestCounter {
+    fn line(&mut self, line: &str) {
         if let Some(name) = line
             .strip_prefix("---- ")
             .and_then(|rest| rest.strip_suffix(" stdout ----"))
         {
-            failure_tails.push((name.to_owned(), Vec::new()));
-            in_failure_block = true;
-            continue;
+            self.failure_tails.push((name.to_owned(), Vec::new()));
+            self.in_failure_block = true;
+            return;
         }
         if line == "failures:" || line.starts_with("test result: ") {
-            in_failure_block = false;
+            self.in_failure_block = false;
         }
-        if in_failure_block && let Some((_, tail)) = failure_tails.last_mut() {
+        if self.in_failure_block
+            && let Some((_, tail)) = self.failure_tails.last_mut()
+        {
             if tail.len() == FAILURE_TAIL_LINES {
                 tail.remove(0);
             }
-            tail.push(line.clone());
-        }
-        if let Some(name) = line
-            .strip_prefix("test ")
-            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
-        {
-            failed_names.push(name.to_owned());
+            tail.push(line.to_owned());
         }
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
@@ -317,18 +344,190 @@ fn run_tests_counting(command: &mut Command) -> anyhow::Result<TestOutcome> {
                     .and_then(|number| number.trim().parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            passed += count(" passed");
-            failed += count(" failed");
+            self.passed_total += count(" passed");
+            self.failed += count(" failed");
+            self.running = None;
+            return;
+        }
+        let rest = match line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+        {
+            Some((name, rest)) => {
+                self.running = Some((name.to_owned(), false));
+                rest
+            }
+            None => line,
+        };
+        let Some((name, skipped)) = &mut self.running else {
+            return;
+        };
+        if rest.starts_with("SKIP ") {
+            *skipped = true;
+        } else if rest == "ok" {
+            if *skipped {
+                self.skipped_names.push(std::mem::take(name));
+            }
+            self.running = None;
+        } else if rest == "FAILED" {
+            self.failed_names.push(std::mem::take(name));
+            self.running = None;
+        } else if rest.starts_with("ignored") {
+            self.running = None;
         }
     }
-    let status = child.wait().context("waiting for cargo test")?;
-    if !status.success() && failed == 0 {
-        bail!("{command:?} failed with {status}");
+
+    fn finish(self) -> TestOutcome {
+        TestOutcome {
+            passed: self
+                .passed_total
+                .saturating_sub(self.skipped_names.len() as u64),
+            failed: self.failed,
+            skipped_names: self.skipped_names,
+            failed_names: self.failed_names,
+            failure_tails: self.failure_tails,
+        }
     }
-    Ok(TestOutcome {
-        passed,
-        failed,
-        failed_names,
-        failure_tails,
-    })
+}
+
+/// Runs `cargo test` with its stdout and stderr in one pipe (so a test's
+/// SKIP line stays beside its result), echoing it, and counts the tests.
+fn run_tests_counting(mut command: Command) -> anyhow::Result<TestOutcome> {
+    use std::io::{BufRead as _, BufReader};
+
+    let shown = format!("{command:?}");
+    eprintln!("xtask: running {shown}");
+    let (reader, writer) = std::io::pipe().context("creating the test output pipe")?;
+    command
+        .stdout(writer.try_clone().context("duplicating the pipe")?)
+        .stderr(writer);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    // The command holds the pipe's write ends: dropped, the pipe ends when
+    // cargo exits.
+    drop(command);
+    let mut counter = TestCounter::default();
+    for line in BufReader::new(reader).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        counter.line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    let outcome = counter.finish();
+    if !status.success() && outcome.failed == 0 {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TestCounter, TestOutcome};
+
+    fn count(output: &str) -> TestOutcome {
+        let mut counter = TestCounter::default();
+        for line in output.lines() {
+            counter.line(line);
+        }
+        counter.finish()
+    }
+
+    #[test]
+    fn a_test_that_printed_skip_and_passed_counts_as_skipped() {
+        let outcome = count(
+            "running 4 tests
+test live::attaches ... SKIP attaches: needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs
+ok
+test live::counts ... ok
+test live::kvm ... SKIP kvm tracepoint: tracefs is not mounted
+SKIP kvm: needs a working /dev/kvm (absent)
+ok
+test live::slow ... ignored, takes minutes
+
+test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s
+",
+        );
+        assert_eq!(
+            outcome,
+            TestOutcome {
+                passed: 1,
+                failed: 0,
+                skipped_names: vec!["live::attaches".into(), "live::kvm".into()],
+                failed_names: Vec::new(),
+                failure_tails: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_test_that_printed_skip_and_failed_counts_as_failed() {
+        let outcome = count(
+            "running 2 tests
+test a::skips_then_panics ... SKIP part: no tracefs
+FAILED
+test a::fails ... FAILED
+
+failures:
+
+---- a::skips_then_panics stdout ----
+
+thread 'a::skips_then_panics' panicked at tracer/tests/a.rs:3:5:
+boom
+
+---- a::fails stdout ----
+assertion failed
+
+failures:
+    a::fails
+    a::skips_then_panics
+
+test result: FAILED. 0 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+",
+        );
+        assert_eq!(outcome.passed, 0);
+        assert_eq!(outcome.failed, 2);
+        assert!(outcome.skipped_names.is_empty());
+        assert_eq!(outcome.failed_names, ["a::skips_then_panics", "a::fails"]);
+        assert_eq!(outcome.failure_tails.len(), 2);
+        assert_eq!(outcome.failure_tails[0].0, "a::skips_then_panics");
+        assert!(outcome.failure_tails[0].1.iter().any(|line| line == "boom"));
+    }
+
+    #[test]
+    fn totals_add_up_over_test_binaries_and_ignore_cargo_lines() {
+        let outcome = count(
+            "   Compiling tracer v0.1.0 (/work/main/tracer)
+     Running unittests src/lib.rs (target/debug/deps/tracer-0123)
+
+running 2 tests
+test x ... ok
+test y ... SKIP y: needs root
+ok
+
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+     Running tests/recording.rs (target/debug/deps/recording-4567)
+
+running 3 tests
+test z1 ... ok
+test z2 ... ok
+test z3 ... FAILED
+
+test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+   Doc-tests tracer_events
+
+running 1 test
+test tracer-events/src/lib.rs - reader (line 5) ... ok
+
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+",
+        );
+        assert_eq!(
+            (outcome.passed, outcome.failed, outcome.skipped_names.len()),
+            (4, 1, 1)
+        );
+        assert_eq!(outcome.failed_names, ["z3"]);
+    }
 }

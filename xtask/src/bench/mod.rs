@@ -13,23 +13,29 @@
 //! * memory: peak RSS with 10,000 threads taking timer signals;
 //! * latency: onset to verdict on replayed modelled recordings;
 //! * start-up: spawn to all probes attached, against bpftrace's.
+//!
+//! The observed tracer is the shipped static binary (`dist`); the storms and
+//! the modelled recordings come from `tracer-testkit` (the tracer package's
+//! `testkit` feature, not shipped). Recordings are read with the format's
+//! own typed reader (`tracer_events::reader`).
 
 mod observer;
 
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
-    io::BufRead as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
+use tracer_events::{EventBody, Record, Summary, Verdict, reader::RecordingReader};
 
 use self::observer::{ObserverKind, Stopped, TracerOptions};
-use crate::{dist, setup};
+use crate::{cargo, dist, run_command, setup};
 
 /// How the benchmark runs.
 #[derive(Clone, Copy, Debug)]
@@ -71,13 +77,109 @@ const LARGE_RING_MIB: u32 = 64;
 /// Threads of the memory section.
 const MANY_THREADS: u32 = 10_000;
 
+/// The programs the benchmark runs.
+struct Programs {
+    /// The shipped static binary: the observed tracer, and `tracer repro`.
+    tracer: PathBuf,
+    /// `tracer-testkit` (not shipped): the signal storms and the modelled
+    /// recordings.
+    testkit: PathBuf,
+}
+
+/// Where cargo puts `tracer-testkit`, relative to the workspace root.
+const TESTKIT_PATH: &str = "target/release/tracer-testkit";
+
+/// Builds `tracer-testkit` (the `testkit` feature of the tracer package)
+/// and returns its path.
+fn build_testkit() -> anyhow::Result<PathBuf> {
+    let root = setup::workspace_root()?;
+    run_command(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        // The generators load no eBPF and export no Perfetto: without the
+        // default features this builds neither.
+        "--no-default-features",
+        "--features",
+        "testkit",
+        "--bin",
+        "tracer-testkit",
+    ]))?;
+    let path = root.join(TESTKIT_PATH);
+    if !path.is_file() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// What `tracer repro --json` prints (the fields the benchmark uses).
+#[derive(Debug, Deserialize)]
+struct ReproReport {
+    /// Wall time of the run, µs.
+    elapsed_us: u64,
+    /// One entry per vCPU thread.
+    vcpus: Vec<ReproVcpu>,
+}
+
+/// One vCPU of [`ReproReport`].
+#[derive(Debug, Deserialize)]
+struct ReproVcpu {
+    /// Turns of the guest's loop.
+    guest_iterations: u64,
+}
+
+/// What `tracer-testkit signal-storm` prints (the fields the benchmark uses).
+#[derive(Debug, Deserialize)]
+struct StormReport {
+    /// Signals taken per second over all threads.
+    signals_per_s: f64,
+    /// The storm's threads with the signals each took (the ground truth).
+    threads: Vec<StormThread>,
+}
+
+/// One thread of [`StormReport`].
+#[derive(Debug, Deserialize)]
+struct StormThread {
+    /// Thread id.
+    tid: u32,
+    /// Timer signals it took.
+    signals: u64,
+}
+
+/// What `tracer-testkit simulate` prints (the fields the benchmark uses).
+#[derive(Debug, Deserialize)]
+struct Simulated {
+    /// Events in the modelled recording.
+    events: u64,
+    /// When the modelled host starts punishing (CLOCK_MONOTONIC ns).
+    punishment_from_ns: u64,
+}
+
+/// What `tracer report --format json` prints (the fields the benchmark uses).
+#[derive(Debug, Deserialize)]
+struct ReportJson {
+    /// Every verdict change of the replay, in order.
+    verdict_changes: Vec<VerdictChange>,
+}
+
+/// One entry of [`ReportJson::verdict_changes`].
+#[derive(Debug, Deserialize)]
+struct VerdictChange {
+    /// When, in trace time.
+    ts_ns: u64,
+    /// The new verdict.
+    to: Verdict,
+}
+
 /// Fixed workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Workload {
     /// `tracer repro --period 1ms`: 1 vCPU, every KVM_RUN ends in a timer
     /// signal and an EINTR return.
     KvmRepro,
-    /// `tracer signal-storm --threads 2`: timer signals as fast as delivered.
+    /// `tracer-testkit signal-storm --threads 2`: timer signals as fast as
+    /// delivered.
     SignalStorm,
 }
 
@@ -88,35 +190,37 @@ impl Workload {
                 "`tracer repro --period 1ms -d {seconds}s` (1 vCPU, per-run 1 ms SIGUSR1 timer: every KVM_RUN ends in a signal and an EINTR exit); throughput = guest loop iterations/s"
             ),
             Self::SignalStorm => format!(
-                "`tracer signal-storm --threads 2 -d {seconds}s` (two threads, each re-arming a one-shot POSIX timer as soon as it took the last signal); throughput = timer signals/s"
+                "`tracer-testkit signal-storm --threads 2 -d {seconds}s` (two threads, each re-arming a one-shot POSIX timer as soon as it took the last signal); throughput = timer signals/s"
             ),
         }
     }
 
-    /// Runs it and returns (throughput, the workload's JSON).
-    fn run(self, tracer: &Path, seconds: u64) -> anyhow::Result<(f64, Value)> {
-        let duration = format!("{seconds}s");
-        let result = match self {
-            Self::KvmRepro => run_json(
-                Command::new(tracer).args(["repro", "--period", "1ms", "--json", "-d", &duration]),
-            )?,
-            Self::SignalStorm => storm(tracer, 2, None, seconds)?,
-        };
-        let throughput = match self {
+    /// Runs it and returns its throughput.
+    fn run(self, programs: &Programs, seconds: u64) -> anyhow::Result<f64> {
+        Ok(match self {
             Self::KvmRepro => {
-                let elapsed = result["elapsed_us"].as_f64().unwrap_or(1.0) / 1e6;
-                result["vcpus"][0]["guest_iterations"]
-                    .as_f64()
-                    .unwrap_or(0.0)
+                let report: ReproReport = run_json(Command::new(&programs.tracer).args([
+                    "repro",
+                    "--period",
+                    "1ms",
+                    "--json",
+                    "-d",
+                    &format!("{seconds}s"),
+                ]))?;
+                let elapsed = report.elapsed_us.max(1) as f64 / 1e6;
+                report
+                    .vcpus
+                    .first()
+                    .map_or(0.0, |vcpu| vcpu.guest_iterations as f64)
                     / elapsed
             }
-            Self::SignalStorm => result["signals_per_s"].as_f64().unwrap_or(0.0),
-        };
-        Ok((throughput, result))
+            Self::SignalStorm => storm(&programs.testkit, 2, None, seconds)?.signals_per_s,
+        })
     }
 }
 
-fn run_json(command: &mut Command) -> anyhow::Result<Value> {
+/// Runs `command` and parses what it printed as one JSON document.
+fn run_json<T: DeserializeOwned>(command: &mut Command) -> anyhow::Result<T> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;
@@ -129,20 +233,25 @@ fn run_json(command: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("JSON from {command:?}"))
 }
 
-fn storm(tracer: &Path, threads: u32, rate: Option<f64>, seconds: u64) -> anyhow::Result<Value> {
-    storm_counted(tracer, threads, rate, seconds, None).map(|(result, _)| result)
+fn storm(
+    testkit: &Path,
+    threads: u32,
+    rate: Option<f64>,
+    seconds: u64,
+) -> anyhow::Result<StormReport> {
+    storm_counted(testkit, threads, rate, seconds, None).map(|(result, _)| result)
 }
 
 /// Runs a storm, under `perf stat` counting the `signal_generate` hits for
 /// its signal when `perf_stat` names an output file; returns the storm's
-/// JSON and perf's count.
+/// report and perf's count.
 fn storm_counted(
-    tracer: &Path,
+    testkit: &Path,
     threads: u32,
     rate: Option<f64>,
     seconds: u64,
     perf_stat: Option<&Path>,
-) -> anyhow::Result<(Value, Option<u64>)> {
+) -> anyhow::Result<(StormReport, Option<u64>)> {
     let mut command = match perf_stat {
         Some(output) => {
             let mut command = Command::new("perf");
@@ -151,10 +260,10 @@ fn storm_counted(
                 .args(["--filter", "sig == 10 && code == -2", "-o"])
                 .arg(output)
                 .arg("--")
-                .arg(tracer);
+                .arg(testkit);
             command
         }
-        None => Command::new(tracer),
+        None => Command::new(testkit),
     };
     command
         .args(["signal-storm", "--threads", &threads.to_string()])
@@ -231,7 +340,7 @@ fn observer_label(observer: Option<ObserverKind>) -> &'static str {
 fn overhead(
     workload: Workload,
     observers: &[ObserverKind],
-    tracer: &Path,
+    programs: &Programs,
     work: &Path,
     options: BenchOptions,
 ) -> anyhow::Result<Value> {
@@ -247,9 +356,11 @@ fn overhead(
                 observer_label(condition)
             );
             let observer = condition
-                .map(|kind| observer::start(kind, tracer, work, &TracerOptions::default()))
+                .map(|kind| {
+                    observer::start(kind, &programs.tracer, work, &TracerOptions::default())
+                })
                 .transpose()?;
-            let (throughput, _) = workload.run(tracer, options.overhead_seconds)?;
+            let throughput = workload.run(programs, options.overhead_seconds)?;
             let signal_program_ns = observer
                 .as_ref()
                 .and_then(|_| observer::signal_program_cost())
@@ -311,49 +422,51 @@ fn overhead(
 }
 
 /// What a recording says about a storm's threads.
+#[derive(Debug)]
 struct RecordingCounts {
     /// `signal` events in the file per target thread.
     recorded: HashMap<u32, u64>,
-    /// The summary line.
-    summary: Value,
+    /// The summary record.
+    summary: Box<Summary>,
 }
 
+/// Reads a recording with the format's reader and counts its `signal`
+/// events aimed at `tids`; fails without a summary record.
 fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingCounts> {
-    const KEY: &str = "\"target_tid\":";
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // The reader's errors name the file (and the line).
+    let mut reader = RecordingReader::open(path).context("opening the storm's recording")?;
     let mut recorded = HashMap::new();
-    let mut summary = Value::Null;
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        if line.starts_with("{\"type\":\"summary\"") {
-            summary = serde_json::from_str(&line).context("summary line")?;
-        } else if let Some(at) = line.find(KEY) {
-            let digits: String = line[at + KEY.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            if let Ok(tid) = digits.parse::<u32>()
-                && tids.contains(&tid)
-            {
-                *recorded.entry(tid).or_insert(0) += 1;
+    let mut summary = None;
+    while let Some(record) = reader
+        .next_record()
+        .context("reading the storm's recording")?
+    {
+        match record {
+            Record::Event(event) => {
+                if let EventBody::Signal { target_tid, .. } = event.body
+                    && tids.contains(&target_tid)
+                {
+                    *recorded.entry(target_tid).or_insert(0) += 1;
+                }
             }
+            Record::Summary(last) => summary = Some(last),
+            // The summary's loss totals are what is compared; the reader
+            // refuses a second meta record.
+            Record::Lost(_) | Record::Meta(_) => {}
         }
     }
-    if summary.is_null() {
-        bail!("{}: no summary line", path.display());
-    }
+    let summary = summary.with_context(|| {
+        format!(
+            "{}: no summary record (the recorder did not finish)",
+            path.display()
+        )
+    })?;
     Ok(RecordingCounts { recorded, summary })
-}
-
-fn sum_values(value: &Value) -> u64 {
-    value
-        .as_object()
-        .map_or(0, |map| map.values().filter_map(Value::as_u64).sum())
 }
 
 /// One storm under `tracer record`, compared with its ground truth.
 fn loss_run(
-    tracer: &Path,
+    programs: &Programs,
     work: &Path,
     options: &TracerOptions,
     rate: Option<f64>,
@@ -361,7 +474,7 @@ fn loss_run(
     count_hits: bool,
     stall_reader: Option<Duration>,
 ) -> anyhow::Result<Value> {
-    let observer = observer::start(ObserverKind::TracerRecord, tracer, work, options)?;
+    let observer = observer::start(ObserverKind::TracerRecord, &programs.tracer, work, options)?;
     // Stopping the whole tracer (SIGSTOP) for a while in the middle of the
     // storm fills the ring: the drops must then be counted exactly.
     let staller = stall_reader.map(|stall| {
@@ -378,7 +491,7 @@ fn loss_run(
     });
     let perf_stat = work.join("perf-stat.csv");
     let (result, hits) = storm_counted(
-        tracer,
+        &programs.testkit,
         2,
         rate,
         seconds,
@@ -391,35 +504,37 @@ fn loss_run(
     std::thread::sleep(Duration::from_millis(500));
     let stopped = observer.stop()?;
     let path = stopped.output.clone().context("recording path")?;
-    let threads = result["threads"].as_array().cloned().unwrap_or_default();
-    let tids: HashSet<u32> = threads
-        .iter()
-        .filter_map(|t| t["tid"].as_u64().and_then(|v| u32::try_from(v).ok()))
-        .collect();
+    let tids: HashSet<u32> = result.threads.iter().map(|t| t.tid).collect();
     let counts = read_recording(&path, &tids)?;
     let _ = std::fs::remove_file(&path);
-    let counted: HashMap<u64, u64> = counts.summary["counted_threads"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| Some((t["tid"].as_u64()?, t["kernel"]["timer_signals"].as_u64()?)))
+    let counted: HashMap<u32, u64> = counts
+        .summary
+        .counted_threads
+        .iter()
+        .map(|t| (t.tid, t.kernel.timer_signals))
         .collect();
-    let truth: u64 = threads.iter().filter_map(|t| t["signals"].as_u64()).sum();
+    let truth: u64 = result.threads.iter().map(|t| t.signals).sum();
     let kernel: u64 = tids
         .iter()
-        .map(|&tid| counted.get(&u64::from(tid)).copied().unwrap_or(0))
+        .map(|tid| counted.get(tid).copied().unwrap_or(0))
         .sum();
     let recorded: u64 = counts.recorded.values().sum();
-    let losses = &counts.summary["losses"];
-    let ring_full = losses["ring_full"]["signal_generate"].as_u64().unwrap_or(0);
-    let not_written = counts.summary["events_not_written"].as_u64().unwrap_or(0);
-    let undecodable = sum_values(&losses["undecodable"]);
+    let losses = &counts.summary.losses;
+    let ring_full = losses
+        .ring_full
+        .get("signal_generate")
+        .copied()
+        .unwrap_or(0);
+    let not_written = counts.summary.events_not_written;
+    let undecodable = losses.undecodable_total();
     let recursion = ["signal_generate", "signal_generate_raw"]
         .iter()
-        .filter_map(|program| losses["recursion_misses"][program].as_u64())
+        .filter_map(|&program| losses.recursion_misses.get(program))
         .sum::<u64>();
-    let skipped_by_kernel = losses["skipped_by_kernel"]["signal_generate"]
-        .as_u64()
+    let skipped_by_kernel = losses
+        .skipped_by_kernel
+        .get("signal_generate")
+        .copied()
         .unwrap_or(0);
     let reported = ring_full + not_written + undecodable;
     Ok(json!({
@@ -428,7 +543,7 @@ fn loss_run(
         "tracepoint_hits_perf_stat": hits,
         "reader_stalled_s": stall_reader.map(|stall| stall.as_secs_f64()),
         "target_rate": rate,
-        "achieved_rate": result["signals_per_s"],
+        "achieved_rate": result.signals_per_s,
         "ground_truth": truth,
         "in_kernel_counter": kernel,
         "recorded": recorded,
@@ -456,17 +571,17 @@ fn loss_run(
 /// The tracer's CPU share of one core over a steady storm at `rate`.
 fn cpu_at_rate(
     kind: ObserverKind,
-    tracer: &Path,
+    programs: &Programs,
     work: &Path,
     rate: f64,
     seconds: u64,
 ) -> anyhow::Result<Value> {
-    let observer = observer::start(kind, tracer, work, &TracerOptions::default())?;
+    let observer = observer::start(kind, &programs.tracer, work, &TracerOptions::default())?;
     // Past start-up: wait for the first quiet moment.
     std::thread::sleep(Duration::from_secs(1));
     let before = observer::cpu_ns(observer.pid())?;
     let started = Instant::now();
-    let result = storm(tracer, 1, Some(rate), seconds)?;
+    let result = storm(&programs.testkit, 1, Some(rate), seconds)?;
     let after = observer::cpu_ns(observer.pid())?;
     let wall = started.elapsed();
     let stopped = observer.stop()?;
@@ -475,7 +590,7 @@ fn cpu_at_rate(
     }
     Ok(json!({
         "observer": kind.label(),
-        "events_per_s": result["signals_per_s"],
+        "events_per_s": result.signals_per_s,
         "cpu_percent_of_one_core": (after - before) as f64 / wall.as_nanos() as f64 * 100.0,
     }))
 }
@@ -483,39 +598,35 @@ fn cpu_at_rate(
 /// Peak RSS of an observer while `MANY_THREADS` threads take timer signals.
 fn memory_with_many_threads(
     kind: ObserverKind,
-    tracer: &Path,
+    programs: &Programs,
     work: &Path,
     seconds: u64,
 ) -> anyhow::Result<Value> {
-    let observer = observer::start(kind, tracer, work, &TracerOptions::default())?;
-    let result = storm(tracer, MANY_THREADS, Some(f64::from(MANY_THREADS)), seconds)?;
+    let observer = observer::start(kind, &programs.tracer, work, &TracerOptions::default())?;
+    let result = storm(
+        &programs.testkit,
+        MANY_THREADS,
+        Some(f64::from(MANY_THREADS)),
+        seconds,
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     let stopped = observer.stop()?;
-    let storm_tids: HashSet<u64> = result["threads"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["tid"].as_u64())
-        .collect();
+    let storm_tids: HashSet<u32> = result.threads.iter().map(|t| t.tid).collect();
     let seen = match kind {
         ObserverKind::TracerRecord => {
             let path = stopped.output.clone().context("recording path")?;
             let counts = read_recording(&path, &HashSet::new())?;
             let _ = std::fs::remove_file(&path);
-            counts.summary["counted_threads"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|t| {
-                    t["tid"]
-                        .as_u64()
-                        .is_some_and(|tid| storm_tids.contains(&tid))
-                })
+            counts
+                .summary
+                .counted_threads
+                .iter()
+                .filter(|t| storm_tids.contains(&t.tid))
                 .count()
         }
         ObserverKind::Bpftrace => observer::bpftrace_timer_counts(&stopped.stdout)
             .keys()
-            .filter(|&&tid| storm_tids.contains(&u64::from(tid)))
+            .filter(|&tid| storm_tids.contains(tid))
             .count(),
         ObserverKind::TracerLive | ObserverKind::PerfRecord => 0,
     };
@@ -530,64 +641,73 @@ fn memory_with_many_threads(
     }))
 }
 
+/// The first event of the livelock pattern at or after `from_ns`: the
+/// first split-lock trap with kprobes (`full`), the first #AC VM exit
+/// without (`tracepoint-only`).
+fn pattern_onset(path: &Path, probes: &str, from_ns: u64) -> anyhow::Result<Option<u64>> {
+    // The reader's errors name the file (and the line).
+    let mut reader = RecordingReader::open(path).context("opening the modelled recording")?;
+    while let Some(record) = reader
+        .next_record()
+        .context("reading the modelled recording")?
+    {
+        match record {
+            Record::Event(event) => {
+                let pattern = match event.body {
+                    EventBody::SplitLockTrap { .. } => probes == "full",
+                    EventBody::VmExit { .. } => probes != "full",
+                    EventBody::SplitLockReturn { .. }
+                    | EventBody::SleepReturn { .. }
+                    | EventBody::SemaphoreReturn { .. }
+                    | EventBody::Signal { .. }
+                    | EventBody::UserspaceExit { .. } => false,
+                };
+                if pattern && event.ts_ns >= from_ns {
+                    return Ok(Some(event.ts_ns));
+                }
+            }
+            Record::Lost(_) | Record::Summary(_) | Record::Meta(_) => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Onset to verdict on a replayed modelled recording.
-fn latency(tracer: &Path, work: &Path, probes: &str) -> anyhow::Result<Value> {
+fn latency(programs: &Programs, work: &Path, probes: &str) -> anyhow::Result<Value> {
     let path = work.join(format!("latency-{probes}.jsonl"));
-    let simulated = run_json(
-        Command::new(tracer)
+    let simulated: Simulated = run_json(
+        Command::new(&programs.testkit)
             .args(["simulate", "--force", "--probes", probes, "-o"])
             .arg(&path),
     )?;
-    let punishment_from = simulated["punishment_from_ns"]
-        .as_u64()
-        .context("punishment_from_ns")?;
-    // The first event of the pattern: the first trap after the host starts
-    // punishing (split_lock_trap with kprobes, the #AC VM exit without).
-    let pattern_event = if probes == "full" {
-        "\"event\":\"split_lock_trap\""
-    } else {
-        "\"event\":\"vm_exit\""
-    };
-    let mut onset = None;
-    for line in std::io::BufReader::new(std::fs::File::open(&path)?).lines() {
-        let line = line?;
-        if !line.contains(pattern_event) {
-            continue;
-        }
-        let event: Value = serde_json::from_str(&line)?;
-        if let Some(ts) = event["ts_ns"].as_u64()
-            && ts >= punishment_from
-        {
-            onset = Some(ts);
-            break;
-        }
-    }
-    let onset = onset.context("no pattern event after the punishment starts")?;
+    let punishment_from = simulated.punishment_from_ns;
+    let onset = pattern_onset(&path, probes, punishment_from)?.with_context(|| {
+        format!(
+            "{}: no pattern event after the punishment starts",
+            path.display()
+        )
+    })?;
     let started = Instant::now();
-    let report = run_json(
-        Command::new(tracer)
+    let report: ReportJson = run_json(
+        Command::new(&programs.tracer)
             .args(["report", "--format", "json"])
             .arg(&path),
     )?;
     let replay_wall = started.elapsed();
-    let changes = report["verdict_changes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let early = changes
-        .iter()
-        .filter(|c| c["to"] == "livelock")
-        .filter_map(|c| c["ts_ns"].as_u64())
-        .find(|&ts| ts < punishment_from);
-    let verdict = changes
-        .iter()
-        .filter(|c| c["to"] == "livelock")
-        .filter_map(|c| c["ts_ns"].as_u64())
+    let livelocks = || {
+        report
+            .verdict_changes
+            .iter()
+            .filter(|change| change.to == Verdict::Livelock)
+            .map(|change| change.ts_ns)
+    };
+    let early = livelocks().find(|&ts| ts < punishment_from);
+    let verdict = livelocks()
         .find(|&ts| ts >= punishment_from)
         .context("no LIVELOCK verdict after the onset")?;
     Ok(json!({
         "probes": probes,
-        "events": simulated["events"],
+        "events": simulated.events,
         "onset_ns": onset,
         "verdict_ns": verdict,
         "latency_ms": (verdict - onset) as f64 / 1e6,
@@ -622,7 +742,12 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
         eprintln!("xtask: bench: SKIP peer {reason}");
     }
     setup::apt_package("bpftool", "bpftool", "version");
-    let tracer: PathBuf = dist::run()?.binary;
+    // The observed tracer is the shipped static binary; the storms and the
+    // modelled recordings come from the testkit, built once here.
+    let programs = Programs {
+        tracer: dist::run()?.binary,
+        testkit: build_testkit()?,
+    };
     // Per-program run time, for the in-kernel cost per event.
     let _stats = observer::BpfStats::enable();
     // A quick run's numbers are not comparable: keep them apart.
@@ -645,7 +770,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             skipped.push("KVM workload: no /dev/kvm");
             continue;
         }
-        overheads.push(overhead(workload, &observers, &tracer, &work, options)?);
+        overheads.push(overhead(workload, &observers, &programs, &work, options)?);
     }
     let mut loss = Vec::new();
     let have_perf = observers.contains(&ObserverKind::PerfRecord);
@@ -666,7 +791,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             // the fallback program, so it counts hits only beside the raw one.
             let count_hits = have_perf && !options.perf_tracepoint;
             loss.push(loss_run(
-                &tracer, &work, &options, rate, seconds, count_hits, None,
+                &programs, &work, &options, rate, seconds, count_hits, None,
             )?);
         }
     }
@@ -674,7 +799,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     // this machine; a stalled reader makes the ring overflow instead.
     eprintln!("xtask: bench loss with the reader stopped for 2 s");
     loss.push(loss_run(
-        &tracer,
+        &programs,
         &work,
         &TracerOptions::default(),
         Some(100_000.0),
@@ -685,7 +810,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     let mut cpu = Vec::new();
     for &kind in &observers {
         eprintln!("xtask: bench CPU at 1k events/s {}", kind.label());
-        cpu.push(cpu_at_rate(kind, &tracer, &work, 1000.0, seconds)?);
+        cpu.push(cpu_at_rate(kind, &programs, &work, 1000.0, seconds)?);
     }
     let mut memory = Vec::new();
     for &kind in &observers {
@@ -693,11 +818,11 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             "xtask: bench memory with {MANY_THREADS} threads {}",
             kind.label()
         );
-        memory.push(memory_with_many_threads(kind, &tracer, &work, seconds)?);
+        memory.push(memory_with_many_threads(kind, &programs, &work, seconds)?);
     }
     let latencies = vec![
-        latency(&tracer, &work, "full")?,
-        latency(&tracer, &work, "tracepoint-only")?,
+        latency(&programs, &work, "full")?,
+        latency(&programs, &work, "tracepoint-only")?,
     ];
     let results = json!({
         "machine": machine(),
@@ -868,7 +993,7 @@ fn render(results: &Value) -> String {
             mib(&row["peak_rss_kib"]),
         );
     }
-    out.push_str("\n### Verdict latency on replayed modelled recordings (`tracer simulate`: healthy 5 s, then the host punishes; 1 ms timer, HZ 250)\n\n| probes | events | onset to LIVELOCK (trace time) ms | LIVELOCK before onset | replay wall s |\n|---|---|---|---|---|\n");
+    out.push_str("\n### Verdict latency on replayed modelled recordings (`tracer-testkit simulate`: healthy 5 s, then the host punishes; 1 ms timer, HZ 250)\n\n| probes | events | onset to LIVELOCK (trace time) ms | LIVELOCK before onset | replay wall s |\n|---|---|---|---|---|\n");
     for row in results["latency"].as_array().unwrap_or(&empty) {
         let _ = writeln!(
             out,
@@ -1026,3 +1151,6 @@ fn render_targets(results: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;
