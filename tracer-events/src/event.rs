@@ -220,6 +220,71 @@ pub fn kvm_exit_reason_name(reason: u32) -> &'static str {
     }
 }
 
+/// How a signal was sent, from its `si_code` (kernel.md §3): what kicks a
+/// vCPU thread differs by VMM (QEMU: SIGUSR1 via `pthread_kill`, i.e.
+/// tkill; rust-vmm VMMs: SIGRTMIN-based via tkill; the seed's demo VMM: a
+/// POSIX timer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// `SI_TIMER`: a POSIX timer (`timer_create`, e.g. `SIGEV_THREAD_ID`).
+    Timer,
+    /// `SI_TKILL`: `tkill`/`tgkill`, which `pthread_kill` uses.
+    Tkill,
+    /// `SI_USER`: `kill`.
+    Kill,
+    /// `SI_QUEUE`: `sigqueue`.
+    Queue,
+    /// `SI_KERNEL` or a fault code: sent by the kernel.
+    Kernel,
+    /// Any other code (`SI_MESGQ`, `SI_ASYNCIO`, `SI_SIGIO`, ...).
+    Other,
+}
+
+impl SignalKind {
+    /// The kind of an `si_code`.
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            -2 => Self::Timer,
+            -6 => Self::Tkill,
+            0 => Self::Kill,
+            -1 => Self::Queue,
+            code if code > 0 => Self::Kernel,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether the event's current task is the sender (for a timer or the
+    /// kernel it is whatever task the signal interrupted).
+    pub fn current_task_sends(self) -> bool {
+        matches!(self, Self::Tkill | Self::Kill | Self::Queue)
+    }
+
+    /// One word for tables: `timer`, `tkill`, `kill`, `sigqueue`, `kernel`, `other`.
+    pub fn short_label(self) -> &'static str {
+        match self {
+            Self::Timer => "timer",
+            Self::Tkill => "tkill",
+            Self::Kill => "kill",
+            Self::Queue => "sigqueue",
+            Self::Kernel => "kernel",
+            Self::Other => "other",
+        }
+    }
+
+    /// How the evidence names it: `via tkill`, `via a POSIX timer`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Timer => "a POSIX timer (SI_TIMER)",
+            Self::Tkill => "tkill (SI_TKILL, pthread_kill)",
+            Self::Kill => "kill (SI_USER)",
+            Self::Queue => "sigqueue (SI_QUEUE)",
+            Self::Kernel => "the kernel",
+            Self::Other => "another source",
+        }
+    }
+}
+
 /// Human name of a signal's si_code.
 pub fn signal_code_name(code: i32) -> &'static str {
     match code {

@@ -20,7 +20,7 @@ pub mod thread;
 pub mod writer;
 
 pub use cpuinfo::CpuInfo;
-pub use event::{Comm, Event, EventBody, TrapSource};
+pub use event::{Comm, Event, EventBody, SignalKind, TrapSource};
 pub use host::{HostFacts, ProcessInfo, VcpuThread, VmThreads};
 pub use loss::{LayoutProblem, LossCounts, LostCause, LostRecord, apply_loss, loss_records};
 pub use probe::{ProbeKind, ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode};
@@ -29,7 +29,7 @@ pub use record::{
     ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Record, Summary,
     TracerIdentity, clock_ns,
 };
-pub use thread::{KernelCounts, ThreadRow, ThreadTotals, Verdict, VerdictChange};
+pub use thread::{KernelCounts, KickRow, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
 #[cfg(test)]
 mod format_tests;

@@ -54,6 +54,11 @@ pub struct ThreadTotals {
     pub timer_signals: u64,
     /// Other signals aimed at the thread.
     pub other_signals: u64,
+    /// Punishments (or, inferred, #AC exits) cut short with no signal
+    /// generated for the thread inside the window (e.g. TIF_NOTIFY_SIGNAL
+    /// or task work, or a lost signal event).
+    #[serde(default)]
+    pub cut_without_signal: u64,
     /// KVM_RUN returns.
     pub userspace_exits: u64,
     /// KVM_RUN EINTR returns.
@@ -96,6 +101,10 @@ pub struct ThreadRow {
     pub signals_per_s: f64,
     /// Typical SI_TIMER period (interquartile mean of the last 32 intervals), ms.
     pub timer_period_ms: Option<f64>,
+    /// The signals that reach the thread, by signal, kind and sender, most
+    /// frequent first (timer, tkill, kill, sigqueue, kernel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kicks: Vec<KickRow>,
     /// EINTR returns of KVM_RUN per second.
     pub eintr_per_s: f64,
     /// Share of wall time inside split-lock handling, percent.
@@ -111,6 +120,33 @@ pub struct ThreadRow {
     /// The kernel's own exact counts for this thread (live sessions only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelCounts>,
+}
+
+/// One kind of signal reaching a thread: e.g. QEMU's SIGUSR1 via tkill
+/// from its main thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KickRow {
+    /// Signal number.
+    pub sig: i32,
+    /// Its name (`SIGUSR1`, `SIGRTMIN+0`).
+    pub signal: String,
+    /// How it was sent.
+    pub kind: crate::SignalKind,
+    /// Who sent it, when the kind says (`qemu-system-x86 (pid 1234, main
+    /// thread)`); none for timers and the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Signals since first seen.
+    pub count: u64,
+    /// Per second in the window.
+    pub per_s: f64,
+    /// Typical interval (interquartile mean of the last 32), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<f64>,
+    /// Punishment sleeps or semaphore waits this signal cut short (it was
+    /// generated for the thread inside the handler window), or, inferred,
+    /// #AC exits it cut short.
+    pub cut: u64,
 }
 
 /// Exact per-thread counts kept by the eBPF programs in a map, independent

@@ -159,8 +159,14 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
                 row.pid
             ),
         };
-        let signals = match row.timer_period_ms {
-            Some(period) => format!("{} ({period:.1} ms)", rate(row.signals_per_s)),
+        // The most frequent kick in the window: its period and how it is sent.
+        let kick = row.kicks.iter().find(|kick| kick.per_s > 0.0);
+        let signals = match kick.and_then(|kick| kick.period_ms.map(|period| (kick, period))) {
+            Some((kick, period)) => format!(
+                "{} ({period:.1} ms {})",
+                rate(row.signals_per_s),
+                kick.kind.short_label()
+            ),
             None => rate(row.signals_per_s),
         };
         let mut verdict = Cell::new(row.verdict_label());

@@ -39,6 +39,17 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KickLabels {
+    vm: String,
+    vmid: String,
+    pid: String,
+    vcpu: String,
+    tid: String,
+    signal: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: String,
 }
@@ -129,6 +140,24 @@ pub fn encode_metrics(
         "Typical interval between SI_TIMER signals to the thread",
         period.clone(),
     );
+    let kick_signals = Family::<KickLabels, Counter>::default();
+    registry.register(
+        "kick_signals",
+        "Signals to the thread by signal and kind (timer, tkill, kill, sigqueue, kernel), at most 4 per thread",
+        kick_signals.clone(),
+    );
+    let kick_cuts = Family::<KickLabels, Counter>::default();
+    registry.register(
+        "kick_cut_punishments",
+        "Punishments (or, inferred, #AC exits) this signal cut short: generated for the thread inside the handler window",
+        kick_cuts.clone(),
+    );
+    let kick_period = Family::<KickLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "kick_period_seconds",
+        "Typical interval between these signals to the thread",
+        kick_period.clone(),
+    );
     let verdicts = Family::<VerdictLabels, Gauge>::default();
     registry.register(
         "vcpu_verdict",
@@ -175,6 +204,22 @@ pub fn encode_metrics(
             .inc_by(pick(|k| k.error_exits, totals.error_exits));
         if let Some(ms) = row.timer_period_ms {
             period.get_or_create(&labels).set(ms / 1e3);
+        }
+        for kick in &row.kicks {
+            let kick_labels = KickLabels {
+                vm: labels.vm.clone(),
+                vmid: labels.vmid.clone(),
+                pid: labels.pid.clone(),
+                vcpu: labels.vcpu.clone(),
+                tid: labels.tid.clone(),
+                signal: kick.signal.clone(),
+                kind: kick.kind.short_label().into(),
+            };
+            kick_signals.get_or_create(&kick_labels).inc_by(kick.count);
+            kick_cuts.get_or_create(&kick_labels).inc_by(kick.cut);
+            if let Some(ms) = kick.period_ms {
+                kick_period.get_or_create(&kick_labels).set(ms / 1e3);
+            }
         }
         for verdict in VERDICTS {
             verdicts

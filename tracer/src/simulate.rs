@@ -54,6 +54,17 @@ pub enum ProbeSet {
     TracepointOnly,
 }
 
+/// How the modelled VMM kicks its vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// A POSIX timer (SI_TIMER; the signal's context is whatever task the
+    /// timer interrupt hit, modelled as the vCPU thread).
+    Timer,
+    /// `pthread_kill` from the VMM's main thread (SI_TKILL), as QEMU does:
+    /// the signal's context is the sender.
+    Tkill,
+}
+
 /// Parameters of a modelled run.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -85,6 +96,8 @@ pub struct Scenario {
     pub vmid: String,
     /// vCPU index (the thread's comm is `CPU <vcpu>/KVM`).
     pub vcpu: u32,
+    /// How the VMM kicks the vCPU (the kick's period is `period_ns`).
+    pub kick: Kick,
 }
 
 impl Scenario {
@@ -105,6 +118,7 @@ impl Scenario {
             vm_name: "haos".into(),
             vmid: "100".into(),
             vcpu: 0,
+            kick: Kick::Timer,
         }
     }
 
@@ -154,6 +168,31 @@ impl Emitter<'_> {
             tid: self.scenario.tid,
             comm: self.comm,
             body,
+        });
+    }
+
+    /// The kick signal to the vCPU thread, in the context that generates
+    /// it: the vCPU itself for a timer (as modelled), the VMM's main thread
+    /// for a tkill.
+    fn push_kick(&mut self, ts_ns: u64) {
+        let (code, tid, comm) = match self.scenario.kick {
+            Kick::Timer => (-2, self.scenario.tid, self.comm),
+            Kick::Tkill => (-6, self.scenario.pid, "qemu-system-x86".into()),
+        };
+        self.events.push(Event {
+            ts_ns,
+            cpu: 1,
+            tgid: self.scenario.pid,
+            tid,
+            comm,
+            body: EventBody::Signal {
+                sig: 10,
+                errno: 0,
+                code,
+                target_tid: self.scenario.tid,
+                group: Some(0),
+                result: Some(0),
+            },
         });
     }
 
@@ -270,7 +309,7 @@ pub fn run(scenario: &Scenario) -> SimulatedRun {
                     // The signal interrupts the sleep: return without disabling detection.
                     let left_jiffies = wake.div_ceil(jiffy) - timer / jiffy;
                     let left_ms = left_jiffies * jiffy / 1_000_000;
-                    out.push(timer, signal_event(scenario.tid));
+                    out.push_kick(timer);
                     out.push_kprobe(
                         timer + 3_000,
                         EventBody::SleepReturn {
@@ -326,7 +365,7 @@ pub fn run(scenario: &Scenario) -> SimulatedRun {
             continue;
         }
         // The timer fired while the guest was running: a plain signal exit.
-        out.push(signal_at, signal_event(scenario.tid));
+        out.push_kick(signal_at);
         out.push(
             signal_at + EXIT_LATENCY_NS,
             EventBody::UserspaceExit {
@@ -340,17 +379,6 @@ pub fn run(scenario: &Scenario) -> SimulatedRun {
         events: out.events,
         guest_iterations: iterations,
         kvm_runs: runs,
-    }
-}
-
-fn signal_event(tid: u32) -> EventBody {
-    EventBody::Signal {
-        sig: 10,
-        errno: 0,
-        code: -2,
-        target_tid: tid,
-        group: Some(0),
-        result: Some(0),
     }
 }
 

@@ -2,11 +2,7 @@
 //! evidence behind it, never changing the state (thresholds and hysteresis
 //! in the module documentation of [`super`] and docs/classifier.md).
 
-use tracer_common::SI_TIMER;
-use tracer_events::{
-    Verdict,
-    event::{signal_code_name, signal_name},
-};
+use tracer_events::Verdict;
 
 use super::{
     LivelockState, PUNISHMENT_MIN_NS, StepOutcome, ThreadState, advice::kvm_error_hint,
@@ -114,17 +110,46 @@ impl ThreadState {
                 PUNISHMENT_MIN_NS / 1_000_000
             ));
         }
-        if let Some(period) = self.timer_signals.typical_ms() {
-            let (sig, code) = self.last_signal.unwrap_or((0, SI_TIMER));
-            let comparison = if period < PUNISHMENT_MIN_NS as f64 / 1e6 {
-                "faster than the 10 ms punishment"
+        let interrupted = if state.confirmed {
+            self.totals.interrupted_episodes
+        } else {
+            self.kicks
+                .rows(now_ns)
+                .iter()
+                .map(|kick| kick.cut)
+                .sum::<u64>()
+                + self.totals.cut_without_signal
+        };
+        if let Some(kick) = self.kicks.main_cutter() {
+            let from = kick
+                .sender
+                .as_deref()
+                .map(|sender| format!(" from {sender}"))
+                .unwrap_or_default();
+            let every = kick.period_ms.map_or_else(String::new, |period| {
+                let comparison = if period < PUNISHMENT_MIN_NS as f64 / 1e6 {
+                    "faster than the 10 ms punishment"
+                } else {
+                    "not faster than the nominal 10 ms punishment, but faster than the sleep at this HZ"
+                };
+                format!(" every {period:.1} ms ({comparison})")
+            });
+            let what = if state.confirmed {
+                "punishments"
             } else {
-                "not faster than the nominal 10 ms punishment, but faster than the sleep at this HZ"
+                "#AC exits"
             };
             evidence.push(format!(
-                "{} {} every {period:.1} ms ({comparison})",
-                signal_code_name(code),
-                signal_name(sig)
+                "{} via {}{from}{every}, cut {} of {interrupted} {what} short",
+                kick.signal,
+                kick.kind.label(),
+                kick.cut
+            ));
+        }
+        if self.totals.cut_without_signal > 0 {
+            evidence.push(format!(
+                "{} of {interrupted} cut short with no signal seen for the thread in the window",
+                self.totals.cut_without_signal
             ));
         }
         evidence.push(format!(

@@ -25,6 +25,7 @@
 
 pub mod advice;
 mod classify;
+pub mod kicks;
 pub mod rate;
 mod rows;
 
@@ -37,7 +38,10 @@ pub use tracer_events::thread::format_ts;
 pub use self::advice::LIVELOCK_MITIGATIONS;
 use tracer_events::{ProcessInfo, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
-use self::rate::{IntervalTracker, SlidingSum, WINDOW_NS};
+use self::{
+    kicks::{KickKey, Kicks},
+    rate::{SlidingSum, WINDOW_NS},
+};
 use crate::events::{Comm, Event, EventBody, TrapSource, kvm_exit_reason_name};
 
 /// Consecutive interrupted episodes (or cut-short #AC exits) that make a livelock.
@@ -175,8 +179,10 @@ pub struct ThreadState {
     last_trap_ns: Option<u64>,
     last_ip: Option<u64>,
     last_completed_ns: Option<u64>,
-    timer_signals: IntervalTracker,
-    last_signal: Option<(i32, i32)>,
+    kicks: Kicks,
+    /// The first signal generated for the thread inside the open handler
+    /// window (or, inferred, between an #AC exit and the KVM_RUN return).
+    window_signal: Option<KickKey>,
     ac: AcExitTracker,
     livelock: Option<LivelockState>,
     killed: Option<String>,
@@ -218,8 +224,8 @@ impl ThreadState {
             last_trap_ns: None,
             last_ip: None,
             last_completed_ns: None,
-            timer_signals: IntervalTracker::default(),
-            last_signal: None,
+            kicks: Kicks::default(),
+            window_signal: None,
             ac: AcExitTracker::default(),
             livelock: None,
             killed: None,
@@ -244,6 +250,7 @@ impl ThreadState {
             .add(end_ns, end_ns.saturating_sub(episode.start_ns));
         if interrupted {
             self.totals.interrupted_episodes += 1;
+            self.attribute_cut();
             self.windows.get().interrupted.add(end_ns, 1);
             if self.streak_ip == Some(episode.ip) {
                 self.interrupted_streak += 1;
@@ -342,13 +349,16 @@ impl ThreadState {
                 }
             }
             EventBody::Signal { sig, code, .. } => {
-                self.last_signal = Some((*sig, *code));
                 self.signals.add(ts, 1);
                 if *code == SI_TIMER {
                     self.totals.timer_signals += 1;
-                    self.timer_signals.record(ts);
                 } else {
                     self.totals.other_signals += 1;
+                }
+                let key = self.kicks.record(event, *sig, *code);
+                let window_open = self.episode.is_some() || self.ac.pending.is_some();
+                if window_open && self.window_signal.is_none() {
+                    self.window_signal = Some(key);
                 }
                 if *sig == SIGBUS && *code == BUS_ADRALN {
                     self.killed = Some(format!("SIGBUS (BUS_ADRALN) sent at {}", format_ts(ts)));
@@ -400,8 +410,20 @@ impl ThreadState {
         }
     }
 
+    /// The open window's signal cut a punishment short: count it for that
+    /// kick, or as cut without a signal.
+    fn attribute_cut(&mut self) {
+        match self.window_signal.take() {
+            Some(key) => {
+                self.kicks.cut(key);
+            }
+            None => self.totals.cut_without_signal += 1,
+        }
+    }
+
     fn begin_episode(&mut self, ts: u64, ip: u64, source: TrapSource) {
         self.trap_seen(ts);
+        self.window_signal = None;
         self.totals.traps += 1;
         self.windows.get().traps.add(ts, 1);
         self.last_trap_ns = Some(ts);
@@ -420,6 +442,9 @@ impl ThreadState {
 
     fn apply_ac_exit(&mut self, ts: u64, rip: u64) {
         self.trap_seen(ts);
+        if self.totals.traps == 0 {
+            self.window_signal = None;
+        }
         self.totals.ac_vm_exits += 1;
         self.windows.get().ac_exits.add(ts, 1);
         self.last_ip = Some(rip);
@@ -469,6 +494,7 @@ impl ThreadState {
                     .add(ts, ts.saturating_sub(ac_ts));
             }
             if cut_short {
+                self.attribute_cut();
                 if self.ac.rip == rip && self.ac.streak > 0 {
                     self.ac.streak += 1;
                 } else {

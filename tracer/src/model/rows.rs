@@ -30,10 +30,9 @@ impl Model {
                         .then(|| interrupted as f64 * 100.0 / episodes as f64),
                     signals_per_s: thread.signals.per_second_at(now_ns),
                     timer_period_ms: thread
-                        .timer_signals
-                        .last()
-                        .filter(|last| now_ns.saturating_sub(*last) <= WINDOW_NS)
-                        .and(thread.timer_signals.typical_ms()),
+                        .kicks
+                        .period_of_kind_ms(tracer_events::SignalKind::Timer, now_ns),
+                    kicks: thread.kicks.rows(now_ns),
                     eintr_per_s: thread.windows.per_second(now_ns, |w| &w.eintr),
                     punished_pct: (thread.windows.sum(now_ns, |w| &w.punished_ns) as f64 * 100.0
                         / WINDOW_NS as f64)

@@ -47,9 +47,12 @@ fn seed_001_at_hz1000_9ms_timer_is_a_confirmed_livelock_with_zero_progress() {
     );
     assert!(
         // A one-shot timer re-armed per KVM_RUN: period plus the VMM's turnaround.
-        row.evidence
-            .iter()
-            .any(|line| line.starts_with("SI_TIMER SIGUSR1 every 9.1 ms")),
+        row.evidence.iter().any(|line| line
+            .starts_with("SIGUSR1 via a POSIX timer (SI_TIMER) every 9.1 ms")
+            && line.contains(&format!(
+                "cut {0} of {0} punishments short",
+                row.totals.interrupted_episodes
+            ))),
         "{:?}",
         row.evidence
     );
@@ -544,4 +547,103 @@ fn inferred_livelock_starts_with_the_punishment_not_before() {
             (at - punishment_from) / 1_000_000
         );
     }
+}
+
+/// QEMU's kick: SIGUSR1 via pthread_kill (SI_TKILL) from the main thread.
+fn tkill_scenario(probes: ProbeSet) -> Scenario {
+    let mut scenario = Scenario::seed_001(1000, 1.0, 3000);
+    scenario.kick = simulate::Kick::Tkill;
+    scenario.probes = probes;
+    scenario
+}
+
+#[test]
+fn a_tkill_kick_is_attributed_to_its_sender_and_counted_per_cut_punishment() {
+    let (row, _) = final_row(&tkill_scenario(ProbeSet::Full));
+    assert_eq!(row.verdict, Verdict::Livelock, "{row:#?}");
+    assert!(row.confirmed);
+    let kick = &row.kicks[0];
+    assert_eq!(kick.kind, tracer_events::SignalKind::Tkill);
+    assert_eq!(kick.signal, "SIGUSR1");
+    assert_eq!(
+        kick.sender.as_deref(),
+        Some("qemu-system-x86 (pid 4242, main thread)")
+    );
+    assert_eq!(kick.cut, row.totals.interrupted_episodes, "{row:#?}");
+    assert!(kick.cut > 0);
+    assert_eq!(row.totals.cut_without_signal, 0);
+    // Not a timer: no SI_TIMER period, but the kick's own.
+    assert_eq!(row.timer_period_ms, None);
+    assert!(
+        kick.period_ms.is_some_and(|ms| (0.9..1.3).contains(&ms)),
+        "{kick:?}"
+    );
+    let line = row
+        .evidence
+        .iter()
+        .find(|line| line.starts_with("SIGUSR1 via tkill"))
+        .unwrap_or_else(|| panic!("{:?}", row.evidence));
+    assert!(
+        line.contains("from qemu-system-x86 (pid 4242, main thread) every 1.")
+            && line.contains(&format!("cut {0} of {0} punishments short", kick.cut)),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_tkill_kick_is_attributed_in_tracepoint_only_inference_too() {
+    let (row, _) = final_row(&tkill_scenario(ProbeSet::TracepointOnly));
+    assert_eq!(row.verdict, Verdict::Livelock, "{row:#?}");
+    assert!(!row.confirmed);
+    let kick = &row.kicks[0];
+    assert_eq!(kick.kind, tracer_events::SignalKind::Tkill);
+    assert!(kick.cut > 0, "{row:#?}");
+    assert!(
+        row.evidence
+            .iter()
+            .any(|line| line.starts_with("SIGUSR1 via tkill") && line.contains("#AC exits short")),
+        "{:?}",
+        row.evidence
+    );
+}
+
+#[test]
+fn a_punishment_cut_short_without_a_signal_says_so() {
+    // The timer signals of a livelocked run, minus the ones inside the
+    // handler windows: the sleeps still end early (as TIF_NOTIFY_SIGNAL or
+    // task work would end them), and the evidence must not name a signal.
+    let run = simulate::run(&Scenario::seed_001(1000, 1.0, 2000));
+    let mut inside = false;
+    let events: Vec<Event> = run
+        .events
+        .into_iter()
+        .filter(|event| {
+            match event.body {
+                EventBody::SplitLockTrap { .. } => inside = true,
+                EventBody::SplitLockReturn { .. } => inside = false,
+                _ => {}
+            }
+            !(inside && matches!(event.body, EventBody::Signal { .. }))
+        })
+        .collect();
+    let mut model = replay(&events);
+    let now = model.latest_ns();
+    let row = row_at(&mut model, now);
+    assert_eq!(row.verdict, Verdict::Livelock);
+    assert_eq!(
+        row.totals.cut_without_signal,
+        row.totals.interrupted_episodes
+    );
+    assert!(
+        row.kicks.iter().all(|kick| kick.cut == 0),
+        "{:?}",
+        row.kicks
+    );
+    assert!(
+        row.evidence
+            .iter()
+            .any(|line| line.contains("cut short with no signal seen")),
+        "{:?}",
+        row.evidence
+    );
 }
