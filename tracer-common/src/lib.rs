@@ -378,6 +378,19 @@ pub struct TracerConfig {
     pub kvm_userspace_exit: KvmUserspaceExitLayout,
     /// `kvm:kvm_exit` layout on the running kernel.
     pub kvm_exit: KvmExitLayout,
+    /// `task:task_rename` layout on the running kernel.
+    pub task_rename: TaskRenameLayout,
+}
+
+/// Offsets of `task:task_rename` fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRenameLayout {
+    /// `pid_t pid` (the renamed task), or [`FIELD_ABSENT`] on kernels that
+    /// dropped it (then the renamed task is the current one).
+    pub pid: u32,
+    /// `char newcomm[16]`.
+    pub newcomm: u32,
 }
 
 impl TracerConfig {
@@ -406,6 +419,10 @@ impl TracerConfig {
             intr_info: FIELD_ABSENT,
             error_code: FIELD_ABSENT,
             vcpu_id: FIELD_ABSENT,
+        },
+        task_rename: TaskRenameLayout {
+            pid: FIELD_ABSENT,
+            newcomm: FIELD_ABSENT,
         },
     };
 }

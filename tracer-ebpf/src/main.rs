@@ -557,6 +557,71 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The thread names VMMs give their vCPU threads (QEMU `CPU 0/KVM`,
+/// Firecracker `fc_vcpu 0`, cloud-hypervisor `vcpu0`, crosvm
+/// `crosvm_vcpu0`, kvmtool `kvm-vcpu-0`).
+const VCPU_COMM_PREFIXES: [&[u8]; 5] = [b"CPU ", b"fc_vcpu", b"vcpu", b"crosvm_vcpu", b"kvm-vcpu-"];
+
+#[inline(always)]
+fn has_prefix(comm: &[u8; COMM_LEN], prefix: &[u8]) -> bool {
+    let mut index = 0;
+    while index < prefix.len() && index < COMM_LEN {
+        if comm[index] != prefix[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
+/// `task:task_rename`: a thread that takes a vCPU thread's name is counted
+/// from then on, so the signals sent to it before its first KVM_RUN return
+/// (a VMM's first kick) are not lost. No event: the thread's KVM_RUN
+/// returns say it is a vCPU.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/task/task_rename")]
+pub fn task_rename(ctx: *mut c_void) -> u32 {
+    on_task_rename(&TracePointContext::new(ctx));
+    PASS_TO_PERF
+}
+
+#[inline(always)]
+fn on_task_rename(ctx: &TracePointContext) {
+    let layout = config().task_rename;
+    if layout.newcomm == FIELD_ABSENT {
+        return;
+    }
+    // SAFETY: the offset comes from the event's tracefs format.
+    let Ok(comm) = (unsafe { ctx.read_at::<[u8; COMM_LEN]>(layout.newcomm as usize) }) else {
+        count_unreadable();
+        return;
+    };
+    if !VCPU_COMM_PREFIXES
+        .iter()
+        .any(|prefix| has_prefix(&comm, prefix))
+    {
+        return;
+    }
+    let (tgid, tid) = current_ids();
+    let renamed = read_i32(ctx, layout.pid).map_or(tid, |pid| pid as u32);
+    // The renaming thread's group is the renamed one's only when it renames
+    // itself (pthread_setname_np from the new thread, as QEMU and Rust's
+    // std do); otherwise the group is learnt from the thread's own events.
+    let own = renamed == tid;
+    if own && filtered_out(tgid) {
+        return;
+    }
+    match counters(renamed, true) {
+        Some(counters) => {
+            if own {
+                counters.tgid = tgid;
+            }
+            counters.last_seen_ns = now_ns();
+        }
+        None => count_counter_failure(),
+    }
+}
+
 /// `kvm:kvm_userspace_exit`: every return of KVM_RUN, in the vCPU thread.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "tracepoint/kvm/kvm_userspace_exit")]

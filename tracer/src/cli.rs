@@ -223,9 +223,14 @@ pub struct ReproArgs {
     /// Number of vCPUs (one thread each).
     #[arg(long = "vcpus", default_value_t = 1)]
     pub vcpus: u32,
-    /// Signal number used as the kick (SIGUSR1 = 10).
-    #[arg(long = "signal", default_value_t = libc::SIGUSR1)]
+    /// Kick signal: `SIGUSR1` (QEMU's), `SIGRTMIN+N` (rust-vmm VMMs'), or a number.
+    #[arg(long = "signal", default_value = "SIGUSR1", value_parser = parse_signal)]
     pub signal: i32,
+    /// How vCPUs are kicked: `timer` (a POSIX timer per vCPU thread, the
+    /// seed's VMM) or `tkill` (the main thread pthread_kills each vCPU
+    /// every period, as QEMU does).
+    #[arg(long = "kick", value_enum, default_value = "timer")]
+    pub kick: crate::repro::Kick,
     /// Guest program.
     #[arg(long = "guest", value_enum, default_value = "split-lock-loop")]
     pub guest: GuestProgram,
@@ -268,6 +273,34 @@ fn parse_duration_with_default_unit(
         return Err(format!("duration {text:?} is out of range"));
     }
     Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// Parses a signal: `SIGUSR1`, `USR2`, `SIGRTMIN+3`, `SIGRTMIN`, or a number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let name = text.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let rtmin = libc::SIGRTMIN();
+    let number = match name {
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "ALRM" => libc::SIGALRM,
+        "RTMIN" => rtmin,
+        _ => match name.strip_prefix("RTMIN+") {
+            Some(offset) => offset
+                .parse::<i32>()
+                .ok()
+                .map(|offset| rtmin + offset)
+                .ok_or_else(|| format!("expected SIGRTMIN+N, got {text:?}"))?,
+            None => name.parse::<i32>().map_err(|_| {
+                format!("expected SIGUSR1, SIGUSR2, SIGALRM, SIGRTMIN+N or a number, got {text:?}")
+            })?,
+        },
+    };
+    if number <= 0 || number > libc::SIGRTMAX() || [libc::SIGKILL, libc::SIGSTOP].contains(&number)
+    {
+        return Err(format!("{text:?} is not a signal a VMM can kick with"));
+    }
+    Ok(number)
 }
 
 /// Parses `5s`, `2m`, `500ms` or plain seconds.

@@ -74,6 +74,20 @@ pub enum TimerMode {
     Periodic,
 }
 
+/// How the vCPU threads are kicked out of KVM_RUN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kick {
+    /// A POSIX timer per vCPU thread (`SIGEV_THREAD_ID`, si_code SI_TIMER):
+    /// the seed's demo VMM.
+    #[default]
+    Timer,
+    /// The main thread `pthread_kill`s every vCPU thread each period
+    /// (si_code SI_TKILL): how QEMU kicks (SIGUSR1), and rust-vmm VMMs
+    /// (SIGRTMIN-based).
+    Tkill,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct ReproConfig {
@@ -87,8 +101,10 @@ pub struct ReproConfig {
     pub signal: i32,
     /// Guest program.
     pub guest: GuestProgram,
-    /// Timer arming mode.
+    /// Timer arming mode (timer kicks only).
     pub timer_mode: TimerMode,
+    /// How the vCPUs are kicked.
+    pub kick: Kick,
 }
 
 /// What one vCPU thread did.
@@ -104,8 +120,13 @@ pub struct VcpuReport {
     pub eintr_returns: u64,
     /// Other KVM_RUN returns, by exit name.
     pub other_exits: BTreeMap<String, u64>,
-    /// Timer signals consumed with sigtimedwait.
+    /// Kick signals consumed with sigtimedwait.
     pub signals_consumed: u64,
+    /// Kicks the main thread sent this vCPU with `pthread_kill` (tkill
+    /// kicks only; a standard signal still pending when the next one is
+    /// sent is not queued twice, so it can exceed `signals_consumed`).
+    #[serde(default)]
+    pub kicks_sent: u64,
     /// Timer overruns reported in the consumed siginfo.
     pub timer_overruns: u64,
     /// Guest loop iterations (read from guest memory).
@@ -255,13 +276,17 @@ pub fn run(config: &ReproConfig) -> anyhow::Result<ReproReport> {
         handles.push(handle);
     }
     start_barrier.wait();
+    let kicks_sent = match config.kick {
+        Kick::Timer => vec![0; handles.len()],
+        Kick::Tkill => kick_by_tkill(&handles, config, started),
+    };
     let mut reports = Vec::new();
-    for handle in handles {
-        reports.push(
-            handle
-                .join()
-                .map_err(|_| anyhow!("a vCPU thread panicked"))??,
-        );
+    for (handle, kicks) in handles.into_iter().zip(kicks_sent) {
+        let mut report = handle
+            .join()
+            .map_err(|_| anyhow!("a vCPU thread panicked"))??;
+        report.kicks_sent = kicks;
+        reports.push(report);
     }
     let elapsed = started.elapsed();
     drop(vm);
@@ -497,6 +522,38 @@ fn exit_name(exit: &VcpuExit<'_>) -> String {
     }
 }
 
+/// QEMU's kick, from this (the main) thread: every period `pthread_kill`
+/// each vCPU thread until the run's end and every vCPU thread has
+/// returned; returns the kicks sent per vCPU.
+fn kick_by_tkill(
+    handles: &[std::thread::JoinHandle<anyhow::Result<VcpuReport>>],
+    config: &ReproConfig,
+    started: Instant,
+) -> Vec<u64> {
+    use std::os::unix::thread::JoinHandleExt as _;
+    let mut sent = vec![0u64; handles.len()];
+    let deadline = started + config.duration;
+    let mut next = Instant::now() + config.period;
+    // Until every vCPU thread has left: one still inside KVM_RUN after the
+    // deadline returns only when kicked (the guest never exits by itself).
+    while next < deadline || handles.iter().any(|handle| !handle.is_finished()) {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for (handle, sent) in handles.iter().zip(&mut sent) {
+            if handle.is_finished() {
+                continue;
+            }
+            // SAFETY: the thread is not joined yet, so its pthread_t is valid.
+            if unsafe { libc::pthread_kill(handle.as_pthread_t(), config.signal) } == 0 {
+                *sent += 1;
+            }
+        }
+        next += config.period;
+    }
+    sent
+}
+
 fn vcpu_thread(
     index: u32,
     mut vcpu: VcpuFd,
@@ -509,20 +566,27 @@ fn vcpu_thread(
         tid: gettid(),
         ..VcpuReport::default()
     };
-    let prepared = (|| -> anyhow::Result<ThreadTimer> {
+    let prepared = (|| -> anyhow::Result<Option<ThreadTimer>> {
         let inside_mask = block_signal_outside_kvm_run(config.signal)?;
         set_kvm_signal_mask(&vcpu, inside_mask)?;
-        ThreadTimer::for_current_thread(config.signal)
+        match config.kick {
+            Kick::Timer => ThreadTimer::for_current_thread(config.signal).map(Some),
+            Kick::Tkill => Ok(None),
+        }
     })();
     barrier.wait();
     let timer = prepared?;
     let deadline = Instant::now() + config.duration;
-    if config.timer_mode == TimerMode::Periodic {
+    if let Some(timer) = &timer
+        && config.timer_mode == TimerMode::Periodic
+    {
         timer.arm(config.period, config.period)?;
     }
     let counter_gpa = u64::from(index) * DATA_STRIDE + COUNTER_OFFSET;
     while Instant::now() < deadline {
-        if config.timer_mode == TimerMode::PerRun {
+        if let Some(timer) = &timer
+            && config.timer_mode == TimerMode::PerRun
+        {
             timer.arm(config.period, Duration::ZERO)?;
         }
         report.kvm_runs += 1;
@@ -558,8 +622,9 @@ fn vcpu_thread(
     let (consumed, overruns) = consume_pending(config.signal);
     report.signals_consumed += consumed;
     report.timer_overruns += overruns;
-    timer.arm(Duration::ZERO, Duration::ZERO)?;
-    drop(timer);
+    if let Some(timer) = timer {
+        timer.arm(Duration::ZERO, Duration::ZERO)?;
+    }
     report.guest_iterations = u64::from(memory.read_u32(counter_gpa));
     Ok(report)
 }

@@ -112,8 +112,21 @@ impl Runner {
             ring_bytes: trace.ring_mib.map(|mib| mib << 20),
             no_raw_tracepoint: trace.no_raw_tracepoint,
         };
-        let session = TraceSession::start(&options)?;
+        let mut session = TraceSession::start(&options)?;
         let host = HostRoot::live();
+        // The vCPU threads running now are counted from the start, so the
+        // first kick to each is not lost.
+        let vcpus: Vec<(u32, u32, Option<u32>)> = host
+            .vm_threads()
+            .iter()
+            .filter(|vm| trace.pid.is_none_or(|pid| pid == vm.pid))
+            .flat_map(|vm| {
+                vm.vcpus
+                    .iter()
+                    .map(|vcpu| (vcpu.tid, vm.pid, Some(vcpu.index)))
+            })
+            .collect();
+        session.track_threads(&vcpus)?;
         let mut model = Model::new();
         model.set_misery_possible(host.misery_possible());
         Ok(Self {

@@ -135,6 +135,12 @@ pub fn read_config(
         Ok(layout) => config.kvm_exit = layout,
         Err(error) => problem("kvm:kvm_exit", &error),
     }
+    match EventFormat::read(tracefs, "task", "task_rename")
+        .and_then(|format| format.task_rename_layout())
+    {
+        Ok(layout) => config.task_rename = layout,
+        Err(error) => problem("task:task_rename", &error),
+    }
     (config, problems)
 }
 
@@ -258,6 +264,40 @@ impl TraceSession {
             undecodable: LossCounts::default(),
             timer_signal_counters,
         })
+    }
+
+    /// Starts counting these threads in the kernel before any event of
+    /// theirs: a vCPU thread is otherwise tracked only from its first
+    /// KVM_RUN return, and the signals sent to it before that (the first
+    /// kick after the tracer starts) would be lost. Existing entries are
+    /// left as they are. Returns how many threads were added.
+    pub fn track_threads(&mut self, threads: &[(u32, u32, Option<u32>)]) -> anyhow::Result<usize> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::THREAD_COUNTERS)
+            .ok_or_else(|| anyhow!("map {} missing", map_names::THREAD_COUNTERS))?;
+        let mut counters: HashMap<_, u32, ThreadCounters> = HashMap::try_from(map)?;
+        let now = tracer_events::clock_ns(libc::CLOCK_MONOTONIC);
+        let mut added = 0;
+        for &(tid, tgid, vcpu) in threads {
+            let fresh = ThreadCounters {
+                tgid,
+                vcpu_id_plus_one: vcpu.map_or(0, |index| index + 1),
+                first_seen_ns: now,
+                last_seen_ns: now,
+                ..ThreadCounters::default()
+            };
+            // BPF_NOEXIST: a thread the programs already count keeps its counts.
+            match counters.insert(tid, fresh, u64::from(aya_obj::generated::BPF_NOEXIST)) {
+                Ok(()) => added += 1,
+                Err(aya::maps::MapError::SyscallError(error))
+                    if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(error) => {
+                    return Err(anyhow!("seeding {}: {error}", map_names::THREAD_COUNTERS));
+                }
+            }
+        }
+        Ok(added)
     }
 
     /// Waits until events are available (or `timeout` passes), then appends

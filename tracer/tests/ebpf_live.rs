@@ -236,6 +236,7 @@ fn shutdown_exit_is_seen_on_the_vcpu_thread() {
         signal: libc::SIGUSR1,
         guest: GuestProgram::TripleFault,
         timer_mode: TimerMode::PerRun,
+        kick: repro::Kick::Timer,
     };
     let seen = capture(move || repro::run(&config).unwrap());
     let vcpu = &seen.work.vcpus[0];

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro, tkill_repro};
 use tracer::{
     report::Replay,
     repro::{self, ReproReport, TimerMode},
@@ -438,4 +438,82 @@ fn record_refuses_to_clobber_or_follow_a_symlink() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "precious");
+}
+
+/// QEMU's kick, recorded: the reproducer's main thread `pthread_kill`s
+/// each vCPU thread with SIGUSR1 every 1 ms. The vCPU threads are created
+/// after the tracer started and are kicked before their first KVM_RUN
+/// returns (the guest never exits by itself), so this also proves that no
+/// kick before a new vCPU thread's first sign of life is lost. Ground
+/// truth: the reproducer's count of successful `pthread_kill` calls; each
+/// generates one `signal_generate` (a standard signal still pending is not
+/// queued twice, but the kernel still reports the attempt).
+#[test]
+fn record_report_round_trip_tkill_kicks_two_vcpus() {
+    let name = "record_report_round_trip_tkill";
+    if !have_root(name) || !have_kvm(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tkill.jsonl");
+    let recorder = start_recorder(&path);
+    let report = repro::run(&tkill_repro(
+        Duration::from_millis(1),
+        Duration::from_millis(1500),
+        2,
+    ))
+    .expect("reproducer");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&recorder, libc::SIGINT);
+    let output = recorder.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replayed = replay(&path);
+    let summary = replayed.summary.expect("summary record");
+    assert_eq!(summary.losses.total(), 0, "{:?}", summary.losses);
+    assert_eq!(summary.events_not_written, 0);
+    for vcpu in &report.vcpus {
+        assert!(vcpu.kicks_sent > 500, "{vcpu:?}");
+        let tkills = replayed
+            .records
+            .iter()
+            .filter(|record| {
+                matches!(record, Record::Event(event) if matches!(
+                    event.body,
+                    tracer_events::EventBody::Signal { target_tid, code: -6, sig: 10, .. }
+                        if target_tid == vcpu.tid
+                ) && event.tgid == report.pid)
+            })
+            .count() as u64;
+        assert_eq!(
+            tkills, vcpu.kicks_sent,
+            "tkill signals recorded for {vcpu:?}"
+        );
+        let row = replayed
+            .rows
+            .iter()
+            .find(|row| row.tid == vcpu.tid)
+            .expect("vCPU row");
+        let kick = row.kicks.first().expect("a kick on the vCPU row");
+        assert_eq!(kick.kind, tracer_events::SignalKind::Tkill);
+        assert_eq!(kick.signal, "SIGUSR1");
+        assert_eq!(kick.count, vcpu.kicks_sent);
+        // The kicking thread is the one that ran the reproducer (here the
+        // test's thread; in `tracer repro` the main thread).
+        let sender = kick.sender.as_deref().unwrap_or_default();
+        assert!(
+            sender.ends_with(&format!("pid {})", report.pid))
+                || sender.ends_with(&format!("(pid {}, main thread)", report.pid)),
+            "{sender}"
+        );
+        let period = kick.period_ms.expect("kick period");
+        assert!((0.9..=1.3).contains(&period), "kick period {period} ms");
+        assert_eq!(row.totals.other_signals, vcpu.kicks_sent);
+        assert_eq!(row.totals.eintr_exits, vcpu.eintr_returns);
+        let kernel = row.kernel.as_ref().expect("kernel counts");
+        assert_eq!(kernel.other_signals, vcpu.kicks_sent);
+    }
 }

@@ -25,6 +25,7 @@ pub fn run(args: &ReproArgs) -> anyhow::Result<i32> {
             signal: args.signal,
             guest: args.guest,
             timer_mode: args.timer_mode,
+            kick: args.kick,
         };
         if !args.json {
             eprintln!(

@@ -11,7 +11,9 @@ use std::{
 };
 
 use thiserror::Error;
-use tracer_common::{FIELD_ABSENT, KvmExitLayout, KvmUserspaceExitLayout, SignalGenerateLayout};
+use tracer_common::{
+    FIELD_ABSENT, KvmExitLayout, KvmUserspaceExitLayout, SignalGenerateLayout, TaskRenameLayout,
+};
 
 /// Where tracefs is usually found, in order of preference.
 pub const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -191,6 +193,14 @@ impl EventFormat {
         Ok(KvmUserspaceExitLayout {
             reason: self.offset_sized("reason", 4)?,
             errno: self.offset_sized("errno", 4)?,
+        })
+    }
+
+    /// Layout of `task:task_rename` (`pid` is optional).
+    pub fn task_rename_layout(&self) -> Result<TaskRenameLayout, TracefsError> {
+        Ok(TaskRenameLayout {
+            pid: self.optional_offset("pid", 4)?,
+            newcomm: self.offset_sized("newcomm", 16)?,
         })
     }
 

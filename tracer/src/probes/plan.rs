@@ -62,7 +62,7 @@ impl ProbeSpec {
 
 /// Every probe, in attach order (a fallback after the probe it stands in
 /// for).
-pub const PLAN: [ProbeSpec; 11] = [
+pub const PLAN: [ProbeSpec; 12] = [
     ProbeSpec {
         program: "signal_generate_raw",
         kind: ProbeKind::RawTracepoint,
@@ -93,6 +93,14 @@ pub const PLAN: [ProbeSpec; 11] = [
         target: "kvm:kvm_exit",
         role: "guest #AC VM exits with guest RIP (VMX)",
         need: Need::Inference,
+        fallback_for: None,
+    },
+    ProbeSpec {
+        program: "task_rename",
+        kind: ProbeKind::Tracepoint,
+        target: "task:task_rename",
+        role: "vCPU threads (CPU N/KVM, fc_vcpu N, vcpuN, ...) tracked from their naming, so no kick before their first KVM_RUN return is lost",
+        need: Need::Optional,
         fallback_for: None,
     },
     ProbeSpec {
@@ -278,7 +286,8 @@ mod tests {
             [
                 "signal/signal_generate",
                 "kvm/kvm_userspace_exit",
-                "kvm/kvm_exit"
+                "kvm/kvm_exit",
+                "task/task_rename"
             ]
         );
     }

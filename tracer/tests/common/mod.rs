@@ -18,6 +18,20 @@ pub fn split_lock_repro(
         signal: libc::SIGUSR1,
         guest: tracer::repro::GuestProgram::SplitLockLoop,
         timer_mode,
+        kick: tracer::repro::Kick::Timer,
+    }
+}
+
+/// The same reproducer kicked as QEMU kicks: its main thread
+/// `pthread_kill`s each vCPU thread with SIGUSR1 every `period`.
+pub fn tkill_repro(
+    period: std::time::Duration,
+    duration: std::time::Duration,
+    vcpus: u32,
+) -> tracer::repro::ReproConfig {
+    tracer::repro::ReproConfig {
+        kick: tracer::repro::Kick::Tkill,
+        ..split_lock_repro(period, duration, vcpus, tracer::repro::TimerMode::PerRun)
     }
 }
 
