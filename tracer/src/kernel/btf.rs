@@ -2,12 +2,20 @@
 //!
 //! The raw-tracepoint `signal_generate` program gets the target task as a
 //! `struct task_struct *` and needs the byte offset of its `pid`, which
-//! differs between kernel builds. The BTF is memory-mapped and only the one
-//! struct is resolved (parsing all of it would cost tens of MiB). Kernels
-//! that cannot map the sysfs file (Debian's 6.1 and 6.12 say ENODEV;
-//! 6.18 can) get an error here, and the perf tracepoint program is used.
+//! differs between kernel builds. Only the one struct is resolved (parsing
+//! all of it would cost tens of MiB).
+//!
+//! The sysfs file is *read*, never memory-mapped: mapping
+//! `/sys/kernel/btf/vmlinux` works only on 6.16 and later kernels; Debian's
+//! 6.1 and 6.12 (and the Proxmox 6.8/6.14 kernels) fail the `mmap` with
+//! ENODEV while `read` works everywhere. The bytes go into an anonymous
+//! memory file (memfd), which btf-rs maps so that it still parses lazily.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 use btf_rs::{Backend, Btf, Type};
 use thiserror::Error;
@@ -57,8 +65,7 @@ pub fn member_offset(path: &Path, name: &str, member: &str) -> Result<u32, BtfEr
         path: path.to_owned(),
         reason,
     };
-    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
-        .map_err(|error| read_error(error.to_string()))?;
+    let btf = open_btf(path).map_err(read_error)?;
     let types = btf
         .resolve_types_by_name(name)
         .map_err(|_| BtfError::NoStruct {
@@ -94,6 +101,26 @@ pub fn member_offset(path: &Path, name: &str, member: &str) -> Result<u32, BtfEr
             name: name.to_owned(),
         })
     }
+}
+
+/// Reads the BTF file at `path` (a plain `read`, which every kernel's sysfs
+/// file supports) into a memfd and lets btf-rs map the memfd.
+fn open_btf(path: &Path) -> Result<Btf, String> {
+    let bytes = std::fs::read(path).map_err(|error| error.to_string())?;
+    // SAFETY: a NUL-terminated name and no flags; the fd is checked below.
+    let fd = unsafe { libc::memfd_create(c"tracer-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        // No memfd (very old kernel or seccomp): parse from the bytes.
+        return Btf::from_bytes(&bytes).map_err(|error| error.to_string());
+    }
+    // SAFETY: `fd` is a fresh descriptor this function owns.
+    let mut memfd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    memfd
+        .write_all(&bytes)
+        .map_err(|error| format!("copying into a memfd: {error}"))?;
+    drop(bytes);
+    Btf::from_file_with_backend(format!("/proc/self/fd/{fd}"), Backend::Mmap)
+        .map_err(|error| error.to_string())
 }
 
 /// Byte offset of `pid` in `struct task_struct` on the running kernel.
