@@ -74,6 +74,9 @@ static TIMER_SIGNAL_HITS: PerfEventArray<u32> = PerfEventArray::new(0);
 #[map(name = "TIMER_SIGNAL_TALLY")]
 static TIMER_SIGNAL_TALLY: PerCpuArray<TimerSignalTally> = PerCpuArray::with_max_entries(1, 0);
 
+/// `-EEXIST`, what a `BPF_NOEXIST` insert of a present key returns.
+const EEXIST: i32 = 17;
+
 /// x86-64 `struct pt_regs`: `ip` is the 17th 8-byte slot (r15 .. orig_ax, ip).
 const PT_REGS_IP_OFFSET: usize = 16 * 8;
 
@@ -221,8 +224,18 @@ fn split_lock_entry(kind: EventKind, ip: u64) {
         return;
     }
     let now = now_ns();
-    if SPLIT_LOCK_WINDOW.insert(tid, now, 0).is_err() {
-        count_failure(ProgramFailure::WindowInsert);
+    // A handler's entry opens the window (replacing a stale one whose return
+    // was missed). `split_lock_warn` runs inside the handler: it only opens
+    // the window when the entry probe is missing, so the episode's duration
+    // is measured from the handler's entry, not from the warn.
+    let flags = if matches!(kind, EventKind::SplitLockWarn) {
+        u64::from(BPF_NOEXIST)
+    } else {
+        0
+    };
+    match SPLIT_LOCK_WINDOW.insert(tid, now, flags) {
+        Err(error) if error != -EEXIST => count_failure(ProgramFailure::WindowInsert),
+        _ => {}
     }
     if let Some(counters) = own_counters(tgid, tid, now) {
         match kind {
