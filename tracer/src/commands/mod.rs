@@ -10,7 +10,44 @@ pub mod report;
 pub mod repro;
 pub mod serve;
 
-use crate::cli::Command;
+use std::path::Path;
+
+use crate::{
+    cli::{Command, OutputArgs, TraceArgs},
+    runner::Runner,
+    sinks::recorder::PendingRecording,
+};
+
+/// What live, record and serve start the same way: the output file first
+/// (a bad path fails before tracing, and it is removed if the session
+/// cannot start), then the runner, with the recorder as its first sink when
+/// `record` is given. Must run inside the tokio runtime (the session
+/// registers its ring buffer with it). Returns the runner and, when
+/// recording, the live count of event lines written.
+pub fn start_runner(
+    trace: &TraceArgs,
+    interval: std::time::Duration,
+    record: Option<&Path>,
+    output: &OutputArgs,
+) -> anyhow::Result<(Runner, Option<std::sync::Arc<std::sync::atomic::AtomicU64>>)> {
+    let pending = record
+        .map(|path| PendingRecording::create(path, output.force))
+        .transpose()?;
+    let mut runner = Runner::start(trace, interval)?;
+    let written = match pending {
+        Some(pending) => {
+            if output.redact {
+                runner.redact();
+            }
+            let recorder = pending.start(&mut runner, trace.pid)?;
+            let written = recorder.events_written();
+            runner.add_sink(Box::new(recorder));
+            Some(written)
+        }
+        None => None,
+    };
+    Ok((runner, written))
+}
 
 /// Runs a parsed subcommand and returns the exit code.
 pub fn run(command: Command) -> anyhow::Result<i32> {

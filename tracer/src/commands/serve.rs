@@ -3,31 +3,20 @@
 
 use crate::{
     cli::ServeArgs,
-    runner::{Runner, runtime},
-    sinks::{
-        metrics::{MetricsPublisher, log_json, serve_http},
-        recorder::PendingRecording,
-    },
+    runner::runtime,
+    sinks::metrics::{MetricsPublisher, log_json, serve_http},
 };
 
 /// Runs `tracer serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<i32> {
-    let recording = args
-        .record
-        .as_deref()
-        .map(|path| PendingRecording::create(path, args.output.force))
-        .transpose()?;
-    // The session registers its ring buffer with the runtime: start it inside.
     let runtime = runtime()?;
     let _inside = runtime.enter();
-    let mut runner = Runner::start(&args.trace, args.interval)?;
-    if let Some(pending) = recording {
-        if args.output.redact {
-            runner.redact();
-        }
-        let recorder = pending.start(&mut runner, args.trace.pid)?;
-        runner.add_sink(Box::new(recorder));
-    }
+    let (mut runner, _) = super::start_runner(
+        &args.trace,
+        args.interval,
+        args.record.as_deref(),
+        &args.output,
+    )?;
     let metrics = MetricsPublisher::new();
     let endpoint_state = metrics.published();
     runner.add_sink(Box::new(metrics));
