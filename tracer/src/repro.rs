@@ -544,8 +544,13 @@ fn kick_by_tkill(
             if handle.is_finished() {
                 continue;
             }
+            #[allow(
+                clippy::unnecessary_cast,
+                reason = "std's RawPthread is u64; libc's pthread_t is u64 on glibc but a pointer on musl"
+            )]
+            let thread = handle.as_pthread_t() as libc::pthread_t;
             // SAFETY: the thread is not joined yet, so its pthread_t is valid.
-            if unsafe { libc::pthread_kill(handle.as_pthread_t(), config.signal) } == 0 {
+            if unsafe { libc::pthread_kill(thread, config.signal) } == 0 {
                 *sent += 1;
             }
         }
