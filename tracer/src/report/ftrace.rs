@@ -254,6 +254,9 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
     for warning in warnings {
         let _ = writeln!(out, "# warning: {warning}");
     }
+    if let Some(note) = super::threads_not_kept_note(result) {
+        let _ = writeln!(out, "# {note}");
+    }
     for row in &result.rows {
         let _ = writeln!(
             out,

@@ -14,7 +14,12 @@ use tracer_events::{
     VerdictChange, apply_loss,
 };
 
-use crate::{kernel::host, live::ViewStatus, model::Model, probes::plan};
+use crate::{
+    kernel::host,
+    live::ViewStatus,
+    model::{MAX_THREADS, Model},
+    probes::plan,
+};
 
 /// Besides after every event (for the event's thread), a replay classifies
 /// every thread this often (recorded time), so verdicts that change by
@@ -26,7 +31,9 @@ pub struct Replay {
     /// The recording's metadata.
     pub metadata: Metadata,
     model: Model,
-    next_tick: Option<u64>,
+    /// The next classification tick: `None` before the first record,
+    /// `Some(None)` once ticks would pass `u64::MAX`.
+    next_tick: Option<Option<u64>>,
     /// Every verdict change, in time order.
     pub changes: Vec<VerdictChange>,
     /// Lost records summed by cause and detail.
@@ -54,7 +61,19 @@ pub struct ReplayResult {
     pub losses: LossCounts,
     /// Events traced but not written by the recorder.
     pub events_not_written: u64,
+    /// Threads the replay dropped because more than [`MAX_THREADS`] were
+    /// active at once (the least recently seen go first): their rows and
+    /// verdicts are missing, or restart when they are seen again.
+    #[serde(default)]
+    pub threads_not_kept: u64,
 }
+
+/// Distinct (cause, detail) pairs of `lost` records kept apart; further
+/// details are summed under [`OTHER_DETAILS`] (a hostile recording could
+/// otherwise grow the map by a line each).
+pub const MAX_LOST_KEYS: usize = 1024;
+/// The detail losses beyond [`MAX_LOST_KEYS`] are summed under.
+pub const OTHER_DETAILS: &str = "(other details)";
 
 impl Replay {
     /// A replay of a recording with `metadata`.
@@ -99,10 +118,12 @@ impl Replay {
     }
 
     fn lost_record(&mut self, lost: &LostRecord) {
-        *self
-            .lost
-            .entry((lost.cause, lost.detail.clone()))
-            .or_default() += lost.count;
+        let mut key = (lost.cause, lost.detail.clone());
+        if self.lost.len() >= MAX_LOST_KEYS && !self.lost.contains_key(&key) {
+            key.1 = Some(OTHER_DETAILS.to_owned());
+        }
+        let total = self.lost.entry(key).or_default();
+        *total = total.saturating_add(lost.count);
     }
 
     fn event(&mut self, event: &Event) {
@@ -119,20 +140,31 @@ impl Replay {
         }
     }
 
-    /// Classifies at every tick up to `ts_ns`.
+    /// Classifies at every tick up to `ts_ns`. The reader bounds every
+    /// `ts_ns`, and the arithmetic here is checked anyway: a tick past
+    /// `u64::MAX` ends the ticking instead of wrapping round to 0 (which
+    /// looped for ever on a `ts_ns` of `u64::MAX`).
     fn advance_to(&mut self, ts_ns: u64) {
-        let next = *self.next_tick.get_or_insert(ts_ns + REPLAY_TICK_NS);
+        let Some(next) = *self
+            .next_tick
+            .get_or_insert(ts_ns.checked_add(REPLAY_TICK_NS))
+        else {
+            return;
+        };
         if ts_ns < next {
             return;
         }
-        let mut tick = next;
-        while tick <= ts_ns {
-            self.classify_at(tick);
-            self.model.expire(tick, |_| false);
-            tick += REPLAY_TICK_NS;
+        let mut tick = Some(next);
+        while let Some(now) = tick.filter(|now| *now <= ts_ns) {
+            self.classify_at(now);
+            self.model.expire(now, |_| false);
+            tick = now.checked_add(REPLAY_TICK_NS);
             // Skip a stretch without threads in one step.
-            if self.model.thread_count() == 0 && tick <= ts_ns {
-                tick += (ts_ns - tick) / REPLAY_TICK_NS * REPLAY_TICK_NS;
+            if let Some(next) = tick
+                && self.model.thread_count() == 0
+                && next <= ts_ns
+            {
+                tick = next.checked_add((ts_ns - next) / REPLAY_TICK_NS * REPLAY_TICK_NS);
             }
         }
         self.next_tick = Some(tick);
@@ -222,6 +254,7 @@ impl Replay {
             changes: self.changes.clone(),
             losses,
             events_not_written,
+            threads_not_kept: self.model.threads_evicted(),
         }
     }
 }
@@ -230,6 +263,10 @@ impl Replay {
 pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
     use std::fmt::Write as _;
     let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
+    if let Some(note) = threads_not_kept_note(result) {
+        out.push_str(&note);
+        out.push('\n');
+    }
     let interesting: Vec<&VerdictChange> = result
         .changes
         .iter()
@@ -269,6 +306,16 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
     out
 }
 
+/// The line that says threads were dropped, when some were.
+pub fn threads_not_kept_note(result: &ReplayResult) -> Option<String> {
+    (result.threads_not_kept > 0).then(|| {
+        format!(
+            "{} threads not kept: more than {MAX_THREADS} threads were active at once, the least recently seen were dropped (their rows and verdict changes are missing or restart)",
+            result.threads_not_kept
+        )
+    })
+}
+
 /// The `--format json` document.
 pub fn render_json(
     metadata: &Metadata,
@@ -282,6 +329,7 @@ pub fn render_json(
         "status": result.status,
         "losses": result.losses,
         "events_not_written": result.events_not_written,
+        "threads_not_kept": result.threads_not_kept,
         "threads": result.rows,
         "verdict_changes": result.changes,
         "warnings": warnings,
