@@ -15,6 +15,7 @@ pub mod loss;
 pub mod probe;
 pub mod reader;
 pub mod record;
+pub mod text;
 pub mod redact;
 pub mod thread;
 pub mod writer;

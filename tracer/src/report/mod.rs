@@ -261,7 +261,6 @@ impl Replay {
 
 /// The `report` table: the live view's screen plus the verdict history.
 pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
-    use std::fmt::Write as _;
     let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
     if let Some(note) = threads_not_kept_note(result) {
         out.push_str(&note);
@@ -285,8 +284,7 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
                     }
                 },
             );
-            let _ = writeln!(
-                out,
+            let line = format!(
                 "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
                 change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
                 change.tid,
@@ -301,6 +299,7 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
                     .as_ref()
                     .map_or_else(String::new, |reason| format!(": {reason}"))
             );
+            tracer_events::text::push_line(&mut out, &line);
         }
     }
     out

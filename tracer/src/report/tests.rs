@@ -273,3 +273,48 @@ fn a_replay_of_the_largest_timestamp_ends() {
     assert_eq!(result.rows.len(), 1);
     assert_eq!(replay.end_ns(), u64::MAX);
 }
+
+#[test]
+fn a_comm_with_terminal_escapes_is_escaped_in_text_and_exact_in_json() {
+    // Any process can set its comm: title, clear screen, a forged line.
+    let hostile = "\x1b]0;x\x07\x1b[2J\nfake";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 300, ProbeSet::Full);
+    // Rename the livelocked vCPU thread in every event, as the kernel would
+    // report it after a prctl(PR_SET_NAME).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let hostile_json = serde_json::to_string(hostile).unwrap();
+    std::fs::write(&path, text.replace("\"CPU 0/KVM\"", &hostile_json)).unwrap();
+    let replayed = replay(&path);
+    let mut ftrace_text = ftrace::header(&replayed.metadata);
+    for record in &replayed.records {
+        if let Record::Event(event) = record {
+            ftrace_text.push_str(&ftrace::event_line(event));
+            ftrace_text.push('\n');
+        }
+    }
+    ftrace_text.push_str(&ftrace::footer(&replayed.result, &[]));
+    let table = render_table(&replayed.result, replayed.metadata.clock.start_ns);
+    for (name, output) in [("ftrace", &ftrace_text), ("table", &table)] {
+        assert!(!output.contains('\x1b'), "{name} holds a raw ESC");
+        assert!(!output.contains('\x07'), "{name} holds a raw BEL");
+        assert!(
+            !output.lines().any(|line| line.starts_with("fake")),
+            "{name} has a forged line"
+        );
+    }
+    assert!(
+        ftrace_text.contains("\\x1b]0;x\\x07\\x1b[2J\\x0afake-"),
+        "{ftrace_text}"
+    );
+    assert!(table.contains("\\x1b]0;x\\x07"), "{table}");
+    let json = render_json(&replayed.metadata, &replayed.result, &[]);
+    let comms: Vec<&str> = json["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row["comm"].as_str())
+        .collect();
+    assert!(comms.contains(&hostile), "{comms:?}");
+}
