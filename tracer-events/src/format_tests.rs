@@ -340,12 +340,21 @@ fn device_nodes_fifos_sockets_and_directories_are_never_opened_or_chmod_ed() {
     for force in [false, true] {
         let error = create_output(null, force).unwrap_err();
         assert!(
-            matches!(error, CreateError::NotRegular { kind: "a character device", .. }),
+            matches!(
+                error,
+                CreateError::NotRegular {
+                    kind: "a character device",
+                    ..
+                }
+            ),
             "{error}"
         );
         assert!(error.to_string().contains("not a regular file"), "{error}");
     }
-    assert_eq!(std::fs::metadata(null).unwrap().permissions().mode(), before);
+    assert_eq!(
+        std::fs::metadata(null).unwrap().permissions().mode(),
+        before
+    );
 
     let fifo = dir.path().join("fifo");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -355,7 +364,11 @@ fn device_nodes_fifos_sockets_and_directories_are_never_opened_or_chmod_ed() {
     let _socket = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
     let subdir = dir.path().join("subdir");
     std::fs::create_dir(&subdir).unwrap();
-    for (path, kind) in [(&fifo, "a FIFO"), (&socket_path, "a socket"), (&subdir, "a directory")] {
+    for (path, kind) in [
+        (&fifo, "a FIFO"),
+        (&socket_path, "a socket"),
+        (&subdir, "a directory"),
+    ] {
         let mode = std::fs::metadata(path).unwrap().permissions().mode();
         for force in [false, true] {
             // Returns at once: a FIFO without a reader must not block.
@@ -424,7 +437,10 @@ fn a_cpu_going_back_in_time_is_an_error_but_interleaved_cpus_are_not() {
     let error = read_with_line(6, &event_line(1_000_000_000 + 250_000_000_000, 0))
         .unwrap_err()
         .to_string();
-    assert!(error.contains(":8: ts_ns of CPU 0's events in order"), "{error}");
+    assert!(
+        error.contains(":8: ts_ns of CPU 0's events in order"),
+        "{error}"
+    );
     // Another CPU's clock view is independent of CPU 0's order, and a step
     // back within the tolerance (a nested program) is accepted.
     read_with_line(6, &event_line(1_000_000_000, 3)).unwrap();
@@ -443,7 +459,10 @@ fn counts_beyond_bounds_and_a_summary_before_the_events_are_errors() {
         .unwrap()
     };
     let error = read_with_line(3, &lost(u64::MAX)).unwrap_err().to_string();
-    assert!(error.contains(":4: a lost record's count at most"), "{error}");
+    assert!(
+        error.contains(":4: a lost record's count at most"),
+        "{error}"
+    );
     read_with_line(3, &lost(1_000)).unwrap();
 
     // An event 5 s after the start on CPU 1, then the summary at 1.25 s.
@@ -461,9 +480,8 @@ fn an_endless_line_is_an_error_not_unbounded_memory() {
     // `tracer report /dev/zero`: no newline ever. The reader stops after
     // MAX_LINE_BYTES with the line's number.
     let meta = serde_json::to_string(&Record::Meta(Box::new(sample_metadata()))).unwrap() + "\n";
-    let input = std::io::BufReader::new(
-        std::io::Cursor::new(meta.into_bytes()).chain(std::io::repeat(0)),
-    );
+    let input =
+        std::io::BufReader::new(std::io::Cursor::new(meta.into_bytes()).chain(std::io::repeat(0)));
     let mut reader = RecordingReader::new(Path::new("zero"), input).unwrap();
     let error = reader.next_record().unwrap_err().to_string();
     assert!(
@@ -477,5 +495,8 @@ fn an_endless_line_is_an_error_not_unbounded_memory() {
     .err()
     .unwrap()
     .to_string();
-    assert!(error.contains("/dev/zero:1: a record line of at most 64 MiB"), "{error}");
+    assert!(
+        error.contains("/dev/zero:1: a record line of at most 64 MiB"),
+        "{error}"
+    );
 }

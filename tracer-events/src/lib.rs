@@ -15,8 +15,8 @@ pub mod loss;
 pub mod probe;
 pub mod reader;
 pub mod record;
-pub mod text;
 pub mod redact;
+pub mod text;
 pub mod thread;
 pub mod writer;
 

@@ -157,15 +157,17 @@ impl<R: BufRead> RecordingReader<R> {
         let text = utf8(path, 1, &buffer)?;
         let metadata = parse_metadata(path, text.trim_end_matches('\n'))?;
         let start = metadata.clock.start_ns;
-        let end_limit_ns = start.checked_add(MAX_SPAN_NS).ok_or_else(|| ReadError::Invalid {
-            path: path.to_owned(),
-            line: 1,
-            expected: format!(
-                "meta.clock.start_ns at most {} (CLOCK_MONOTONIC, nanoseconds since boot)",
-                u64::MAX - MAX_SPAN_NS
-            ),
-            found: start.to_string(),
-        })?;
+        let end_limit_ns = start
+            .checked_add(MAX_SPAN_NS)
+            .ok_or_else(|| ReadError::Invalid {
+                path: path.to_owned(),
+                line: 1,
+                expected: format!(
+                    "meta.clock.start_ns at most {} (CLOCK_MONOTONIC, nanoseconds since boot)",
+                    u64::MAX - MAX_SPAN_NS
+                ),
+                found: start.to_string(),
+            })?;
         Ok(Self {
             path: path.to_owned(),
             input,
@@ -276,12 +278,20 @@ impl<R: BufRead> RecordingReader<R> {
             Record::Lost(lost) => {
                 // Losses are stamped by the tracer when it notices them:
                 // after the metadata's clock was read.
-                self.check_time("a lost record's ts_ns", lost.ts_ns, self.metadata.clock.start_ns)?;
+                self.check_time(
+                    "a lost record's ts_ns",
+                    lost.ts_ns,
+                    self.metadata.clock.start_ns,
+                )?;
                 self.check_count("a lost record's count", lost.count)?;
                 self.latest_ns = Some(self.latest_ns.unwrap_or(0).max(lost.ts_ns));
             }
             Record::Summary(summary) => {
-                self.check_time("the summary's ts_ns", summary.ts_ns, self.metadata.clock.start_ns)?;
+                self.check_time(
+                    "the summary's ts_ns",
+                    summary.ts_ns,
+                    self.metadata.clock.start_ns,
+                )?;
                 if let Some(latest) = self.latest_ns
                     && summary.ts_ns.saturating_add(REORDER_TOLERANCE_NS) < latest
                 {
@@ -291,7 +301,10 @@ impl<R: BufRead> RecordingReader<R> {
                     ));
                 }
                 self.check_count("the summary's events_written", summary.events_written)?;
-                self.check_count("the summary's events_not_written", summary.events_not_written)?;
+                self.check_count(
+                    "the summary's events_not_written",
+                    summary.events_not_written,
+                )?;
                 let losses = &summary.losses;
                 for (name, count) in losses
                     .ring_full
@@ -301,8 +314,14 @@ impl<R: BufRead> RecordingReader<R> {
                     .chain(losses.skipped_by_kernel.values())
                     .map(|count| ("a count in the summary's losses", *count))
                     .chain([
-                        ("the summary's losses.counter_map_full", losses.counter_map_full),
-                        ("the summary's losses.window_map_full", losses.window_map_full),
+                        (
+                            "the summary's losses.counter_map_full",
+                            losses.counter_map_full,
+                        ),
+                        (
+                            "the summary's losses.window_map_full",
+                            losses.window_map_full,
+                        ),
                     ])
                 {
                     self.check_count(name, count)?;

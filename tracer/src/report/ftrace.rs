@@ -13,7 +13,6 @@ use tracer_events::{
 use super::ReplayResult;
 use crate::model::LIVELOCK_MITIGATIONS;
 
-
 /// `writeln!` for ftrace text: the line is escaped (see
 /// [`tracer_events::text`]), every value in it may come from the traced
 /// system.

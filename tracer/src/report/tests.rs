@@ -245,7 +245,12 @@ fn a_million_threads_stay_bounded_evict_in_constant_time_and_are_counted() {
     assert_eq!(result.threads_not_kept, u64::from(THREADS) - kept);
     assert_eq!(result.rows.len() as u64, kept);
     // The newest are the ones kept.
-    assert!(result.rows.iter().all(|row| row.tid > THREADS - kept as u32));
+    assert!(
+        result
+            .rows
+            .iter()
+            .all(|row| row.tid > THREADS - kept as u32)
+    );
     // A min over the map per eviction took 16.7 s for 300k threads in a
     // release build; a queue takes well under a second, a few in debug.
     assert!(elapsed < std::time::Duration::from_secs(60), "{elapsed:?}");
