@@ -57,6 +57,15 @@ pub enum CreateError {
         /// What it is ("a character device", "a FIFO", ...).
         kind: &'static str,
     },
+    /// The file was created but its first line could not be written (a
+    /// full disk); it is removed again by whoever created it.
+    #[error("cannot write to {path}: {source}")]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Any other I/O error.
     #[error("cannot create {path}: {source}")]
     Io {
@@ -281,7 +290,7 @@ impl RecordingWriter {
         out.push(&Record::Meta(Box::new(metadata)));
         out.flush();
         if let Some(error) = out.error.take() {
-            return Err(CreateError::Io {
+            return Err(CreateError::Write {
                 path: path.to_owned(),
                 source: std::io::Error::other(error),
             });

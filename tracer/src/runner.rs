@@ -112,8 +112,15 @@ impl Runner {
             ring_bytes: trace.ring_mib.map(|mib| mib << 20),
             no_raw_tracepoint: trace.no_raw_tracepoint,
         };
-        let session = TraceSession::start(&options)?;
         let host = HostRoot::live();
+        if let Some(pid) = trace.pid
+            && !host.exists(&format!("/proc/{pid}"))
+        {
+            eprintln!(
+                "tracer: warning: no process {pid} exists now; tracing -p {pid} anyway (nothing is seen unless it starts)"
+            );
+        }
+        let session = TraceSession::start(&options)?;
         let mut model = Model::new();
         model.set_misery_possible(host.misery_possible());
         Ok(Self {

@@ -343,7 +343,9 @@ fn hostile_snapshots_end_quickly_in_bounded_memory() {
         .into_iter()
         .flat_map(|variant| FILES.map(|file| (variant, file)))
     {
-        let root = dir.path().join(format!("{variant}-{}", file.replace('/', "-")));
+        let root = dir
+            .path()
+            .join(format!("{variant}-{}", file.replace('/', "-")));
         copy_tree(&pristine, &root);
         let path = root.join(file);
         std::fs::remove_file(&path).unwrap();
@@ -361,7 +363,10 @@ fn hostile_snapshots_end_quickly_in_bounded_memory() {
             }
         }
         let (code, out, kib) = doctor_bounded(&root);
-        assert!(code == 0 || code == 1, "{variant} {file}: exit {code}\n{out}");
+        assert!(
+            code == 0 || code == 1,
+            "{variant} {file}: exit {code}\n{out}"
+        );
         assert!(out.contains("failed,"), "{variant} {file}: {out}");
         worst_kib = worst_kib.max(kib);
         // Far below the 5.8-9.4 GB these took: a few hundred MiB at most.
@@ -371,9 +376,8 @@ fn hostile_snapshots_end_quickly_in_bounded_memory() {
     // 10 million kallsyms lines: streamed, a handful kept.
     let root = dir.path().join("long-kallsyms");
     copy_tree(&pristine, &root);
-    let mut kallsyms = std::io::BufWriter::new(
-        std::fs::File::create(root.join("proc/kallsyms")).unwrap(),
-    );
+    let mut kallsyms =
+        std::io::BufWriter::new(std::fs::File::create(root.join("proc/kallsyms")).unwrap());
     for i in 0..10_000_000u32 {
         std::io::Write::write_all(&mut kallsyms, format!("0 t f{i:x}\n").as_bytes()).unwrap();
     }
@@ -382,7 +386,9 @@ fn hostile_snapshots_end_quickly_in_bounded_memory() {
     assert!(code == 0 || code == 1, "long kallsyms: exit {code}\n{out}");
     assert!(kib < 300 * 1024, "long kallsyms: peak RSS {kib} KiB");
     worst_kib = worst_kib.max(kib);
-    eprintln!("doctor peak RSS: {baseline_kib} KiB on the fixture, worst {worst_kib} KiB on hostile ones");
+    eprintln!(
+        "doctor peak RSS: {baseline_kib} KiB on the fixture, worst {worst_kib} KiB on hostile ones"
+    );
 }
 
 #[test]
