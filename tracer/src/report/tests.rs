@@ -323,3 +323,65 @@ fn a_comm_with_terminal_escapes_is_escaped_in_text_and_exact_in_json() {
         .collect();
     assert!(comms.contains(&hostile), "{comms:?}");
 }
+
+#[test]
+fn a_non_vcpu_thread_with_timer_signals_never_shows_up_in_verdict_changes() {
+    // Timer signals to an ordinary thread (tid 31337, never running in its
+    // own context): it appeared in verdict changes with pid 0.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_recording(&path, 300, ProbeSet::Full);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let summary = lines.pop().unwrap();
+    let meta: tracer_events::Metadata = match serde_json::from_str(&lines[0]).unwrap() {
+        Record::Meta(meta) => *meta,
+        _ => unreachable!(),
+    };
+    let start = meta.clock.start_ns;
+    let mut with_signals: Vec<(u64, String)> = lines[1..]
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (value["ts_ns"].as_u64().unwrap(), line.clone())
+        })
+        .collect();
+    for i in 0..200u64 {
+        let ts_ns = start + i * 1_000_000;
+        let signal = tracer_events::Event {
+            ts_ns,
+            cpu: 1,
+            tgid: 0,
+            tid: 0,
+            comm: "swapper/1".into(),
+            body: EventBody::Signal {
+                sig: 14,
+                errno: 0,
+                code: -2,
+                target_tid: 31_337,
+                group: Some(0),
+                result: Some(0),
+            },
+        };
+        with_signals.push((ts_ns, serde_json::to_string(&Record::Event(signal)).unwrap()));
+    }
+    with_signals.sort_by_key(|(ts, _)| *ts);
+    let mut out = vec![lines[0].clone()];
+    out.extend(with_signals.into_iter().map(|(_, line)| line));
+    out.push(summary);
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+    let replayed = replay(&path);
+    assert!(!replayed.result.changes.is_empty());
+    for change in &replayed.result.changes {
+        assert_ne!(change.tid, 31_337, "{change:?}");
+        assert_ne!(change.pid, 0, "{change:?}");
+    }
+    let json = render_json(&replayed.metadata, &replayed.result, &[]);
+    assert!(
+        json["verdict_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|change| change["pid"] != 0)
+    );
+}
