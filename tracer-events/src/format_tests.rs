@@ -2,7 +2,7 @@
 //! the timer signals behind them): round trip, interruption, corruption,
 //! versions and file safety.
 
-use std::{io::Write as _, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{io::Read as _, io::Write as _, os::unix::fs::PermissionsExt as _, path::Path};
 
 use crate::{
     ClockInfo, EndReason, Event, EventBody, FORMAT_NAME, FORMAT_VERSION, HostFacts, LostCause,
@@ -303,7 +303,11 @@ fn a_full_queue_is_counted_and_recorded() {
     for event in &run.events {
         writer.event(event.clone());
     }
-    let outcome = writer.finish(Summary::new(1, EndReason::Signal));
+    // The queue-full records are stamped with the clock: so is the summary.
+    let outcome = writer.finish(Summary::new(
+        crate::clock_ns(libc::CLOCK_MONOTONIC),
+        EndReason::Signal,
+    ));
     assert!(outcome.queue_dropped > 0, "{outcome:?}");
     let (records, _) = read_all(&path).unwrap();
     let written = records
@@ -323,4 +327,176 @@ fn a_full_queue_is_counted_and_recorded() {
         panic!("no summary");
     };
     assert_eq!(summary.events_not_written, recorded_drops);
+}
+
+#[test]
+fn device_nodes_fifos_sockets_and_directories_are_never_opened_or_chmod_ed() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/null: opened for writing and chmod-ed 0600 by an earlier
+    // `record -o /dev/null --force`, which locks users out of it.
+    let null = Path::new("/dev/null");
+    let before = std::fs::metadata(null).unwrap().permissions().mode();
+    for force in [false, true] {
+        let error = create_output(null, force).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CreateError::NotRegular {
+                    kind: "a character device",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+    }
+    assert_eq!(
+        std::fs::metadata(null).unwrap().permissions().mode(),
+        before
+    );
+
+    let fifo = dir.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let socket_path = dir.path().join("socket");
+    let _socket = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let subdir = dir.path().join("subdir");
+    std::fs::create_dir(&subdir).unwrap();
+    for (path, kind) in [
+        (&fifo, "a FIFO"),
+        (&socket_path, "a socket"),
+        (&subdir, "a directory"),
+    ] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        for force in [false, true] {
+            // Returns at once: a FIFO without a reader must not block.
+            match create_output(path, force) {
+                Err(CreateError::NotRegular { kind: found, .. }) => assert_eq!(found, kind),
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        assert_eq!(std::fs::metadata(path).unwrap().permissions().mode(), mode);
+    }
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(subdir.is_dir());
+}
+
+/// A recording with one event line replaced by `line`, then read.
+fn read_with_line(index: usize, line: &str) -> Result<(Vec<Record>, Vec<String>), ReadError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.jsonl");
+    write_modelled(&path, true);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[index] = line.to_owned();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    read_all(&path)
+}
+
+fn event_line(ts_ns: u64, cpu: u32) -> String {
+    let mut event = sample_events(1).remove(0);
+    event.ts_ns = ts_ns;
+    event.cpu = cpu;
+    serde_json::to_string(&Record::Event(event)).unwrap()
+}
+
+#[test]
+fn a_timestamp_out_of_the_recording_range_is_an_error_naming_the_line() {
+    // u64::MAX made `report` loop for ever (the replay tick wrapped).
+    let error = read_with_line(4, &event_line(u64::MAX, 0)).unwrap_err();
+    assert!(error.is_bad_input());
+    let message = error.to_string();
+    assert!(
+        message.contains("rec.jsonl:5: an event's ts_ns within the recording's time range"),
+        "{message}"
+    );
+    assert!(message.contains("found 18446744073709551615"), "{message}");
+    // Losses are stamped after the metadata's clock was read.
+    let lost = serde_json::to_string(&Record::Lost(LostRecord {
+        ts_ns: 999_999_999,
+        cause: LostCause::RingFull,
+        detail: None,
+        count: 1,
+    }))
+    .unwrap();
+    let error = read_with_line(4, &lost).unwrap_err().to_string();
+    assert!(
+        error.contains(":5: a lost record's ts_ns within the recording's time range 1000000000..="),
+        "{error}"
+    );
+    // Just after the start and a little before it are fine.
+    read_with_line(1, &event_line(1_000_000_000 - 500_000_000, 0)).unwrap();
+}
+
+#[test]
+fn a_cpu_going_back_in_time_is_an_error_but_interleaved_cpus_are_not() {
+    // Line 6 is an event at 1.002 s on CPU 0: 2 s before it on CPU 0 is
+    // reordering no interruption explains.
+    let error = read_with_line(6, &event_line(1_000_000_000 + 250_000_000_000, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(":8: ts_ns of CPU 0's events in order"),
+        "{error}"
+    );
+    // Another CPU's clock view is independent of CPU 0's order, and a step
+    // back within the tolerance (a nested program) is accepted.
+    read_with_line(6, &event_line(1_000_000_000, 3)).unwrap();
+    read_with_line(6, &event_line(1_000_000_000 + 1_000_000, 0)).unwrap();
+}
+
+#[test]
+fn counts_beyond_bounds_and_a_summary_before_the_events_are_errors() {
+    let lost = |count: u64| {
+        serde_json::to_string(&Record::Lost(LostRecord {
+            ts_ns: 1_100_000_000,
+            cause: LostCause::RingFull,
+            detail: None,
+            count,
+        }))
+        .unwrap()
+    };
+    let error = read_with_line(3, &lost(u64::MAX)).unwrap_err().to_string();
+    assert!(
+        error.contains(":4: a lost record's count at most"),
+        "{error}"
+    );
+    read_with_line(3, &lost(1_000)).unwrap();
+
+    // An event 5 s after the start on CPU 1, then the summary at 1.25 s.
+    let error = read_with_line(3, &event_line(6_000_000_000, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the summary's ts_ns not before the last record's (6000000000)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_endless_line_is_an_error_not_unbounded_memory() {
+    // `tracer report /dev/zero`: no newline ever. The reader stops after
+    // MAX_LINE_BYTES with the line's number.
+    let meta = serde_json::to_string(&Record::Meta(Box::new(sample_metadata()))).unwrap() + "\n";
+    let input =
+        std::io::BufReader::new(std::io::Cursor::new(meta.into_bytes()).chain(std::io::repeat(0)));
+    let mut reader = RecordingReader::new(Path::new("zero"), input).unwrap();
+    let error = reader.next_record().unwrap_err().to_string();
+    assert!(
+        error.contains("zero:2: a record line of at most 64 MiB"),
+        "{error}"
+    );
+    let error = RecordingReader::new(
+        Path::new("/dev/zero"),
+        std::io::BufReader::new(std::io::repeat(0)),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        error.contains("/dev/zero:1: a record line of at most 64 MiB"),
+        "{error}"
+    );
 }

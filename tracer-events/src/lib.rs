@@ -16,6 +16,7 @@ pub mod probe;
 pub mod reader;
 pub mod record;
 pub mod redact;
+pub mod text;
 pub mod thread;
 pub mod writer;
 

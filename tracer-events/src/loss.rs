@@ -40,32 +40,35 @@ pub struct LossCounts {
 impl LossCounts {
     /// Total ring-buffer drops.
     pub fn ring_total(&self) -> u64 {
-        self.ring_full.values().sum()
+        saturating_sum(self.ring_full.values())
     }
 
     /// Total undecodable records.
     pub fn undecodable_total(&self) -> u64 {
-        self.undecodable.values().sum()
+        saturating_sum(self.undecodable.values())
     }
 
     /// Total program runs the kernel skipped for recursion.
     pub fn recursion_total(&self) -> u64 {
-        self.recursion_misses.values().sum()
+        saturating_sum(self.recursion_misses.values())
     }
 
     /// Total runs the kernel skipped without counting a recursion miss.
     pub fn skipped_by_kernel_total(&self) -> u64 {
-        self.skipped_by_kernel.values().sum()
+        saturating_sum(self.skipped_by_kernel.values())
     }
 
     /// Every program run the kernel skipped, counted either way.
     pub fn kernel_skipped_total(&self) -> u64 {
-        self.recursion_total() + self.skipped_by_kernel_total()
+        self.recursion_total()
+            .saturating_add(self.skipped_by_kernel_total())
     }
 
     /// Everything lost.
     pub fn total(&self) -> u64 {
-        self.ring_total() + self.undecodable_total() + self.kernel_skipped_total()
+        self.ring_total()
+            .saturating_add(self.undecodable_total())
+            .saturating_add(self.kernel_skipped_total())
     }
 
     /// Records one record that could not be decoded, keyed by why.
@@ -115,21 +118,26 @@ pub struct LostRecord {
 
 /// Adds a `lost` record's count to the totals it came from (the inverse of
 /// [`loss_records`]).
+///
+/// Sums saturate: a recording's counts are bounded on read
+/// (`reader::MAX_COUNT`), and a sum of bounded counts never reaches
+/// `u64::MAX`, but no input makes this wrap.
 pub fn apply_loss(totals: &mut LossCounts, record: &LostRecord) {
     let detail = record.detail.clone().unwrap_or_default();
+    let add = |total: &mut u64| *total = total.saturating_add(record.count);
     match record.cause {
-        LostCause::RingFull => *totals.ring_full.entry(detail).or_default() += record.count,
-        LostCause::Undecodable => *totals.undecodable.entry(detail).or_default() += record.count,
-        LostCause::RecursionMiss => {
-            *totals.recursion_misses.entry(detail).or_default() += record.count;
-        }
-        LostCause::SkippedByKernel => {
-            *totals.skipped_by_kernel.entry(detail).or_default() += record.count;
-        }
-        LostCause::CounterMapFull => totals.counter_map_full += record.count,
-        LostCause::WindowMapFull => totals.window_map_full += record.count,
+        LostCause::RingFull => add(totals.ring_full.entry(detail).or_default()),
+        LostCause::Undecodable => add(totals.undecodable.entry(detail).or_default()),
+        LostCause::RecursionMiss => add(totals.recursion_misses.entry(detail).or_default()),
+        LostCause::SkippedByKernel => add(totals.skipped_by_kernel.entry(detail).or_default()),
+        LostCause::CounterMapFull => add(&mut totals.counter_map_full),
+        LostCause::WindowMapFull => add(&mut totals.window_map_full),
         LostCause::RecorderQueueFull => {}
     }
+}
+
+fn saturating_sum<'a>(counts: impl Iterator<Item = &'a u64>) -> u64 {
+    counts.fold(0, |sum, count| sum.saturating_add(*count))
 }
 
 /// `lost` records for the growth of `now` over `before`.

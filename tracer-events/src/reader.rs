@@ -1,13 +1,43 @@
 //! Streaming reader of recordings, with errors that name the line.
 
 use std::{
-    io::BufRead,
+    collections::HashMap,
+    io::{BufRead, Read as _},
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
 
 use crate::record::{FORMAT_NAME, FORMAT_VERSION, Metadata, Record};
+
+/// Longest record line read (64 MiB). Event and lost lines are a few
+/// hundred bytes; the summary of [`MAX_SUMMARY_THREADS`] threads is the
+/// longest line a writer produces (about 2 KiB a thread). A longer line is
+/// corruption: the reader stops there instead of buffering without end
+/// (`tracer report /dev/zero`).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+/// Threads a summary may list (rows plus counted-only threads): the
+/// writer's model and in-kernel counter map keep at most 16,384 each.
+pub const MAX_SUMMARY_THREADS: usize = 65_536;
+/// Largest count a record may carry (2^53: far beyond anything a session
+/// counts, and exact in every JSON reader's doubles). Sums of such counts
+/// cannot wrap a `u64` within any file a reader accepts.
+pub const MAX_COUNT: u64 = 1 << 53;
+/// Longest recording: no `ts_ns` may lie further than this after
+/// `meta.clock.start_ns` (400 days), so time arithmetic never wraps.
+pub const MAX_SPAN_NS: u64 = 400 * 86_400 * 1_000_000_000;
+/// How long before `meta.clock.start_ns` an event may be: the probes are
+/// attached (and the ring fills) before the metadata's clock is read, which
+/// takes well under a second even on a host that is struggling.
+pub const BEFORE_START_NS: u64 = 60 * 1_000_000_000;
+/// How far an event's `ts_ns` may lie before the previous event of the same
+/// CPU, and the summary's before the last event: the ring delivers events
+/// in the order they were reserved, and a program that interrupts (or, on
+/// a preemptible kernel, preempts) another on the same CPU reserves its
+/// later-stamped event first. That gap is an interruption's length.
+pub const REORDER_TOLERANCE_NS: u64 = 1_000_000_000;
+/// Highest CPU number (the kernel's NR_CPUS limit).
+pub const MAX_CPU: u32 = 8191;
 
 /// Why a recording cannot be read. Every variant is bad input (exit code 2)
 /// except [`ReadError::Io`].
@@ -47,6 +77,19 @@ pub enum ReadError {
         /// Version found.
         found: u64,
     },
+    /// A line that is a record whose values break the format's rules
+    /// (timestamps out of range or out of order, counts beyond bounds).
+    #[error("{path}:{line}: {expected}, found {found}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The rule, as the reader checks it.
+        expected: String,
+        /// The value found.
+        found: String,
+    },
     /// A line that is not a valid record.
     #[error("{path}:{line}: {expected}: {detail}")]
     Corrupt {
@@ -73,7 +116,15 @@ pub struct RecordingReader<R> {
     path: PathBuf,
     input: R,
     line: u64,
-    buffer: String,
+    buffer: Vec<u8>,
+    /// Latest event time per CPU, for the reordering check.
+    cpu_latest: HashMap<u32, u64>,
+    /// Latest event or loss time.
+    latest_ns: Option<u64>,
+    /// Latest time any record may carry.
+    end_limit_ns: u64,
+    /// Earliest time an event may carry.
+    start_limit_ns: u64,
     /// The metadata line.
     pub metadata: Metadata,
     /// Non-fatal problems (a cut last line, no summary).
@@ -96,19 +147,36 @@ impl RecordingReader<std::io::BufReader<std::fs::File>> {
 impl<R: BufRead> RecordingReader<R> {
     /// Reads the metadata line of `input` (`path` names it in errors).
     pub fn new(path: &Path, mut input: R) -> Result<Self, ReadError> {
-        let mut buffer = String::new();
+        let mut buffer = Vec::new();
         let read = read_line(path, 1, &mut input, &mut buffer)?;
         if read == 0 {
             return Err(ReadError::Empty {
                 path: path.to_owned(),
             });
         }
-        let metadata = parse_metadata(path, buffer.trim_end_matches('\n'))?;
+        let text = utf8(path, 1, &buffer)?;
+        let metadata = parse_metadata(path, text.trim_end_matches('\n'))?;
+        let start = metadata.clock.start_ns;
+        let end_limit_ns = start
+            .checked_add(MAX_SPAN_NS)
+            .ok_or_else(|| ReadError::Invalid {
+                path: path.to_owned(),
+                line: 1,
+                expected: format!(
+                    "meta.clock.start_ns at most {} (CLOCK_MONOTONIC, nanoseconds since boot)",
+                    u64::MAX - MAX_SPAN_NS
+                ),
+                found: start.to_string(),
+            })?;
         Ok(Self {
             path: path.to_owned(),
             input,
             line: 1,
             buffer,
+            cpu_latest: HashMap::new(),
+            latest_ns: None,
+            end_limit_ns,
+            start_limit_ns: start.saturating_sub(BEFORE_START_NS),
             metadata,
             warnings: Vec::new(),
             saw_summary: false,
@@ -141,8 +209,8 @@ impl<R: BufRead> RecordingReader<R> {
                 return Ok(None);
             }
             self.line += 1;
-            let complete = self.buffer.ends_with('\n');
-            let text = self.buffer.trim_end_matches('\n');
+            let complete = self.buffer.ends_with(b"\n");
+            let text = utf8(&self.path, self.line, &self.buffer)?.trim_end_matches('\n');
             if text.trim().is_empty() {
                 continue;
             }
@@ -157,6 +225,7 @@ impl<R: BufRead> RecordingReader<R> {
                     ));
                 }
                 Ok(record) => {
+                    self.validate(&record)?;
                     if matches!(record, Record::Summary(_)) {
                         self.saw_summary = true;
                     }
@@ -183,6 +252,122 @@ impl<R: BufRead> RecordingReader<R> {
         }
     }
 
+    /// Checks a record's values against the format's rules
+    /// (docs/trace-format.md, "Validation").
+    fn validate(&mut self, record: &Record) -> Result<(), ReadError> {
+        match record {
+            Record::Event(event) => {
+                if event.cpu > MAX_CPU {
+                    return Err(self.invalid(
+                        format!("an event's cpu at most {MAX_CPU}"),
+                        event.cpu.to_string(),
+                    ));
+                }
+                self.check_time("an event's ts_ns", event.ts_ns, self.start_limit_ns)?;
+                let latest = self.cpu_latest.entry(event.cpu).or_insert(event.ts_ns);
+                if event.ts_ns.saturating_add(REORDER_TOLERANCE_NS) < *latest {
+                    let expected = format!(
+                        "ts_ns of CPU {}'s events in order (at most {REORDER_TOLERANCE_NS} ns before the previous event of that CPU, {})",
+                        event.cpu, *latest
+                    );
+                    return Err(self.invalid(expected, event.ts_ns.to_string()));
+                }
+                *latest = (*latest).max(event.ts_ns);
+                self.latest_ns = Some(self.latest_ns.unwrap_or(0).max(event.ts_ns));
+            }
+            Record::Lost(lost) => {
+                // Losses are stamped by the tracer when it notices them:
+                // after the metadata's clock was read.
+                self.check_time(
+                    "a lost record's ts_ns",
+                    lost.ts_ns,
+                    self.metadata.clock.start_ns,
+                )?;
+                self.check_count("a lost record's count", lost.count)?;
+                self.latest_ns = Some(self.latest_ns.unwrap_or(0).max(lost.ts_ns));
+            }
+            Record::Summary(summary) => {
+                self.check_time(
+                    "the summary's ts_ns",
+                    summary.ts_ns,
+                    self.metadata.clock.start_ns,
+                )?;
+                if let Some(latest) = self.latest_ns
+                    && summary.ts_ns.saturating_add(REORDER_TOLERANCE_NS) < latest
+                {
+                    return Err(self.invalid(
+                        format!("the summary's ts_ns not before the last record's ({latest})"),
+                        summary.ts_ns.to_string(),
+                    ));
+                }
+                self.check_count("the summary's events_written", summary.events_written)?;
+                self.check_count(
+                    "the summary's events_not_written",
+                    summary.events_not_written,
+                )?;
+                let losses = &summary.losses;
+                for (name, count) in losses
+                    .ring_full
+                    .values()
+                    .chain(losses.undecodable.values())
+                    .chain(losses.recursion_misses.values())
+                    .chain(losses.skipped_by_kernel.values())
+                    .map(|count| ("a count in the summary's losses", *count))
+                    .chain([
+                        (
+                            "the summary's losses.counter_map_full",
+                            losses.counter_map_full,
+                        ),
+                        (
+                            "the summary's losses.window_map_full",
+                            losses.window_map_full,
+                        ),
+                    ])
+                {
+                    self.check_count(name, count)?;
+                }
+                let threads = summary.threads.len() + summary.counted_threads.len();
+                if threads > MAX_SUMMARY_THREADS {
+                    return Err(self.invalid(
+                        format!("at most {MAX_SUMMARY_THREADS} threads in the summary"),
+                        threads.to_string(),
+                    ));
+                }
+            }
+            Record::Meta(_) => {}
+        }
+        Ok(())
+    }
+
+    fn check_time(&self, what: &str, ts_ns: u64, earliest: u64) -> Result<(), ReadError> {
+        if ts_ns < earliest || ts_ns > self.end_limit_ns {
+            return Err(self.invalid(
+                format!(
+                    "{what} within the recording's time range {earliest}..={} (meta.clock.start_ns {}; CLOCK_MONOTONIC ns)",
+                    self.end_limit_ns, self.metadata.clock.start_ns
+                ),
+                ts_ns.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_count(&self, what: &str, count: u64) -> Result<(), ReadError> {
+        if count > MAX_COUNT {
+            return Err(self.invalid(format!("{what} at most {MAX_COUNT}"), count.to_string()));
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, expected: String, found: String) -> ReadError {
+        ReadError::Invalid {
+            path: self.path.clone(),
+            line: self.line,
+            expected,
+            found,
+        }
+    }
+
     fn corrupt(&self, expected: &'static str, detail: String) -> ReadError {
         ReadError::Corrupt {
             path: self.path.clone(),
@@ -193,26 +378,38 @@ impl<R: BufRead> RecordingReader<R> {
     }
 }
 
+/// Reads one line of at most [`MAX_LINE_BYTES`] into `buffer`.
 fn read_line(
     path: &Path,
     line: u64,
     input: &mut impl BufRead,
-    buffer: &mut String,
+    buffer: &mut Vec<u8>,
 ) -> Result<usize, ReadError> {
-    input.read_line(buffer).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::InvalidData {
-            ReadError::Corrupt {
-                path: path.to_owned(),
-                line,
-                expected: "UTF-8 text",
-                detail: source.to_string(),
-            }
-        } else {
-            ReadError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        }
+    let read = input
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buffer)
+        .map_err(|source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if buffer.len() > MAX_LINE_BYTES {
+        return Err(ReadError::Corrupt {
+            path: path.to_owned(),
+            line,
+            expected: "a record line of at most 64 MiB",
+            detail: format!("no end of line in the first {} bytes", buffer.len()),
+        });
+    }
+    Ok(read)
+}
+
+fn utf8<'a>(path: &Path, line: u64, bytes: &'a [u8]) -> Result<&'a str, ReadError> {
+    std::str::from_utf8(bytes).map_err(|error| ReadError::Corrupt {
+        path: path.to_owned(),
+        line,
+        expected: "UTF-8 text",
+        detail: error.to_string(),
     })
 }
 

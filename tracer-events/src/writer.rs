@@ -48,6 +48,24 @@ pub enum CreateError {
     /// The path is a symbolic link (never followed).
     #[error("{0} is a symbolic link; refusing to follow it")]
     Symlink(PathBuf),
+    /// The path is a device, FIFO, socket or directory: only regular files
+    /// are ever created, replaced or chmod-ed, also with `--force`.
+    #[error("{path} is {kind}, not a regular file; refusing to write to it (also with --force)")]
+    NotRegular {
+        /// The output path.
+        path: PathBuf,
+        /// What it is ("a character device", "a FIFO", ...).
+        kind: &'static str,
+    },
+    /// The file was created but its first line could not be written (a
+    /// full disk); it is removed again by whoever created it.
+    #[error("cannot write to {path}: {source}")]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Any other I/O error.
     #[error("cannot create {path}: {source}")]
     Io {
@@ -58,19 +76,60 @@ pub enum CreateError {
     },
 }
 
-/// Opens `path` for a new recording: mode 0600, never through a symlink,
-/// never over an existing file unless `force`.
+/// What a non-regular file is, for [`CreateError::NotRegular`].
+fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
+    }
+}
+
+/// Opens `path` for a new output (a recording, a report): mode 0600, never
+/// through a symlink, never over an existing file unless `force`, and only
+/// ever a regular file: a device node, FIFO, socket or directory is refused
+/// before anything is opened for writing, and checked again on the opened
+/// descriptor (nothing is truncated or chmod-ed before that check).
 pub fn create_output(path: &Path, force: bool) -> Result<File, CreateError> {
-    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
-        return Err(CreateError::Symlink(path.to_owned()));
+    let io = |source| CreateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(CreateError::Symlink(path.to_owned()));
+        }
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(CreateError::NotRegular {
+                path: path.to_owned(),
+                kind: file_kind(meta.file_type()),
+            });
+        }
+        Ok(_) if !force => return Err(CreateError::Exists(path.to_owned())),
+        _ => {}
     }
     let mut options = std::fs::OpenOptions::new();
+    // O_NONBLOCK: a FIFO swapped in after the check must not block the
+    // open (it fails with ENXIO without a reader; regular files ignore it).
     options
         .write(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
     if force {
-        options.create(true).truncate(true);
+        // Not `truncate`: nothing is changed before the descriptor is known
+        // to be a regular file.
+        options.create(true);
     } else {
         options.create_new(true);
     }
@@ -79,17 +138,27 @@ pub fn create_output(path: &Path, force: bool) -> Result<File, CreateError> {
         .map_err(|source| match source.raw_os_error() {
             Some(libc::EEXIST) => CreateError::Exists(path.to_owned()),
             Some(libc::ELOOP) => CreateError::Symlink(path.to_owned()),
-            _ => CreateError::Io {
+            Some(libc::EISDIR) => CreateError::NotRegular {
                 path: path.to_owned(),
-                source,
+                kind: "a directory",
             },
+            Some(libc::ENXIO) => CreateError::NotRegular {
+                path: path.to_owned(),
+                kind: "a FIFO or socket",
+            },
+            _ => io(source),
         })?;
-    // An overwritten file keeps its old mode: tighten it.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| CreateError::Io {
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(CreateError::NotRegular {
             path: path.to_owned(),
-            source,
-        })?;
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    // A replaced file keeps its old content and mode: empty and tighten it.
+    file.set_len(0).map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
     Ok(file)
 }
 
@@ -221,7 +290,7 @@ impl RecordingWriter {
         out.push(&Record::Meta(Box::new(metadata)));
         out.flush();
         if let Some(error) = out.error.take() {
-            return Err(CreateError::Io {
+            return Err(CreateError::Write {
                 path: path.to_owned(),
                 source: std::io::Error::other(error),
             });

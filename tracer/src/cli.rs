@@ -66,7 +66,7 @@ pub struct TraceArgs {
     #[arg(short = 'p', long = "pid")]
     pub pid: Option<u32>,
     /// Stop after this long (`30s`, `2m`, or plain seconds).
-    #[arg(short = 'd', long = "duration", value_parser = parse_duration_seconds)]
+    #[arg(short = 'd', long = "duration", value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
     /// Ring-buffer size in MiB (power of two).
     #[arg(long = "ring-mib", value_parser = parse_ring_mib)]
@@ -83,7 +83,7 @@ pub struct LiveArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Redraw interval (`1s`, `500ms`, or plain seconds).
-    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Only this VM (QEMU `-name` or Proxmox VMID).
     #[arg(long = "vm")]
@@ -126,7 +126,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub options: OutputArgs,
     /// Progress line interval on stderr.
-    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 }
 
@@ -169,7 +169,7 @@ pub struct ServeArgs {
     #[arg(long = "listen", default_value = "127.0.0.1:9850")]
     pub listen: std::net::SocketAddr,
     /// How often the metrics are recomputed.
-    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_duration_seconds)]
+    #[arg(short = 'i', long = "interval", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Also record to this file (as `tracer record -o` does).
     #[arg(long = "record", value_name = "FILE")]
@@ -218,7 +218,7 @@ pub struct ReproArgs {
     #[arg(long = "step", default_value_t = 1)]
     pub step: u64,
     /// How long to run each period (`5s`, plain seconds).
-    #[arg(short = 'd', long = "duration", default_value = "5s", value_parser = parse_duration_seconds)]
+    #[arg(short = 'd', long = "duration", default_value = "5s", value_parser = parse_positive_duration)]
     pub duration: Duration,
     /// Number of vCPUs (one thread each).
     #[arg(long = "vcpus", default_value_t = 1)]
@@ -308,6 +308,32 @@ pub fn parse_duration_seconds(text: &str) -> Result<Duration, String> {
     parse_duration_with_default_unit(text, 1e9)
 }
 
+/// Shortest interval of the live view, progress line and metrics: each
+/// tick reads every in-kernel counter and classifies every thread.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// An interval (`1s`, `500ms`, plain seconds) of at least [`MIN_INTERVAL`]
+/// (`-i 0` panicked in the ticker).
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration_seconds(text)?;
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "interval {text:?} is shorter than the minimum of {} ms",
+            MIN_INTERVAL.as_millis()
+        ));
+    }
+    Ok(interval)
+}
+
+/// A duration greater than zero (`-d 0` would end before anything is seen).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration_seconds(text)?;
+    if duration.is_zero() {
+        return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    Ok(duration)
+}
+
 /// Parses `1ms`, `500us` or plain milliseconds.
 pub fn parse_duration_millis(text: &str) -> Result<Duration, String> {
     parse_duration_with_default_unit(text, 1e6)
@@ -346,6 +372,17 @@ fn parse_ring_mib(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_and_durations_have_ranges() {
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("1ns").is_err());
+        assert!(parse_interval("9ms").is_err());
+        assert_eq!(parse_interval("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("1ns"), Ok(Duration::from_nanos(1)));
+    }
 
     #[test]
     fn durations_accept_units_and_plain_numbers() {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
-use tracer_events::{ThreadRow, TracingMode, Verdict};
+use tracer_events::{ThreadRow, TracingMode, Verdict, text::escape};
 
 use crate::model::LIVELOCK_MITIGATIONS;
 
@@ -151,8 +151,9 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
         "verdict",
     ]);
     for row in rows {
+        // The VM name and comm come from the traced system: escaped.
         let vm = match &row.vm {
-            Some(label) => format!("{label} ({})", row.pid),
+            Some(label) => format!("{} ({})", escape(label), row.pid),
             None => format!(
                 "{} ({})",
                 if row.comm.is_empty() { "?" } else { "-" },
@@ -215,10 +216,10 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
             "{} tid {} ({}):",
             row.verdict_label(),
             row.tid,
-            row.comm
+            escape(&row.comm)
         );
         for line in &row.evidence {
-            let _ = writeln!(out, "  - {line}");
+            let _ = writeln!(out, "  - {}", escape(line));
         }
     }
     if stuck.iter().any(|row| row.verdict == Verdict::Livelock) {

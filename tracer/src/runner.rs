@@ -112,8 +112,15 @@ impl Runner {
             ring_bytes: trace.ring_mib.map(|mib| mib << 20),
             no_raw_tracepoint: trace.no_raw_tracepoint,
         };
-        let mut session = TraceSession::start(&options)?;
         let host = HostRoot::live();
+        if let Some(pid) = trace.pid
+            && !host.exists(&format!("/proc/{pid}"))
+        {
+            eprintln!(
+                "tracer: warning: no process {pid} exists now; tracing -p {pid} anyway (nothing is seen unless it starts)"
+            );
+        }
+        let mut session = TraceSession::start(&options)?;
         // The vCPU threads running now are counted from the start, so the
         // first kick to each is not lost.
         let vcpus: Vec<(u32, u32, Option<u32>)> = host

@@ -270,3 +270,144 @@ fn collect_then_root_reproduces_the_live_report() {
     let (code, _) = cli(&["doctor", "--collect", snapshot.to_str().unwrap()]);
     assert_ne!(code, 0);
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Runs `tracer doctor --root root`; fails the test after 60 s. Returns
+/// the exit code, stdout and the child's peak RSS in KiB.
+fn doctor_bounded(root: &Path) -> (i32, String, i64) {
+    use std::os::unix::process::ExitStatusExt as _;
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped with wait4 below, which also gives its peak RSS"
+    )]
+    let mut child = Command::new(TRACER)
+        .args(["doctor", "--root", root.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data, written by the kernel.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child.
+        let done = unsafe { libc::wait4(pid, &raw mut status, libc::WNOHANG, &raw mut usage) };
+        if done == pid {
+            let status = std::process::ExitStatus::from_raw(status);
+            return (
+                status.code().unwrap_or(-1),
+                reader.join().unwrap(),
+                usage.ru_maxrss,
+            );
+        }
+        if started.elapsed() > std::time::Duration::from_mins(1) {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("doctor --root {} hangs", root.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hostile_snapshots_end_quickly_in_bounded_memory() {
+    const FILES: [&str; 4] = [
+        "proc/cpuinfo",
+        "proc/kallsyms",
+        "proc/cmdline",
+        "doctor/dmesg.txt",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    copy_tree(&fixture("hosts/n5105-proxmox-8-affected"), &pristine);
+    let (code, _, baseline_kib) = doctor_bounded(&pristine);
+    assert_eq!(code, 1);
+    let mut worst_kib = 0;
+    for (variant, file) in ["zero", "huge", "fifo"]
+        .into_iter()
+        .flat_map(|variant| FILES.map(|file| (variant, file)))
+    {
+        let root = dir
+            .path()
+            .join(format!("{variant}-{}", file.replace('/', "-")));
+        copy_tree(&pristine, &root);
+        let path = root.join(file);
+        std::fs::remove_file(&path).unwrap();
+        match variant {
+            "zero" => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+            // 500 MB without a newline (sparse: cheap to make).
+            "huge" => std::fs::File::create(&path)
+                .unwrap()
+                .set_len(500_000_000)
+                .unwrap(),
+            _ => {
+                let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+            }
+        }
+        let (code, out, kib) = doctor_bounded(&root);
+        assert!(
+            code == 0 || code == 1,
+            "{variant} {file}: exit {code}\n{out}"
+        );
+        assert!(out.contains("failed,"), "{variant} {file}: {out}");
+        worst_kib = worst_kib.max(kib);
+        // Far below the 5.8-9.4 GB these took: a few hundred MiB at most.
+        assert!(kib < 300 * 1024, "{variant} {file}: peak RSS {kib} KiB");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    // 10 million kallsyms lines: streamed, a handful kept.
+    let root = dir.path().join("long-kallsyms");
+    copy_tree(&pristine, &root);
+    let mut kallsyms =
+        std::io::BufWriter::new(std::fs::File::create(root.join("proc/kallsyms")).unwrap());
+    for i in 0..10_000_000u32 {
+        std::io::Write::write_all(&mut kallsyms, format!("0 t f{i:x}\n").as_bytes()).unwrap();
+    }
+    drop(kallsyms);
+    let (code, out, kib) = doctor_bounded(&root);
+    assert!(code == 0 || code == 1, "long kallsyms: exit {code}\n{out}");
+    assert!(kib < 300 * 1024, "long kallsyms: peak RSS {kib} KiB");
+    worst_kib = worst_kib.max(kib);
+    eprintln!(
+        "doctor peak RSS: {baseline_kib} KiB on the fixture, worst {worst_kib} KiB on hostile ones"
+    );
+}
+
+#[test]
+fn collect_refuses_a_symlinked_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = Command::new(TRACER)
+        .args(["doctor", "--collect", link.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+}

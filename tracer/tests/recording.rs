@@ -517,3 +517,172 @@ fn record_report_round_trip_tkill_kicks_two_vcpus() {
         assert_eq!(kernel.other_signals, vcpu.kicks_sent);
     }
 }
+
+#[test]
+fn sighup_ends_a_recording_with_its_summary() {
+    // The ssh session to the hanging host drops: SIGHUP ends the recording
+    // like SIGTERM (it exited 129 without a summary).
+    if !have_root("sighup_recording") || !have_kvm("sighup_recording") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hup.jsonl");
+    let recorder = start_recorder(&path);
+    run_repro(Duration::from_millis(5), 1, TimerMode::PerRun);
+    signal(&recorder, libc::SIGHUP);
+    let output = recorder.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let replayed = replay(&path);
+    assert_eq!(replayed.summary.unwrap().ended_by, EndReason::Signal);
+}
+
+/// Runs the tracer with `args`; fails the test after `limit`.
+fn tracer_within(args: &[&std::ffi::OsStr], limit: Duration) -> (i32, String) {
+    let mut child = Command::new(TRACER)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("tracer {args:?} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(Into::into).collect()
+}
+
+fn refs(args: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(std::ffi::OsString::as_os_str).collect()
+}
+
+#[test]
+fn outputs_refuse_device_nodes_and_fifos_and_leave_them_unchanged() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    simulate::write_recording(
+        &good,
+        false,
+        &[Scenario::seed_001(250, 1.0, 50)],
+        ProbeSet::Full,
+    )
+    .unwrap();
+    let fifo = dir.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let null_mode = std::fs::metadata("/dev/null").unwrap().permissions().mode();
+    for target in [Path::new("/dev/null"), fifo.as_path()] {
+        let target = target.to_str().unwrap();
+        for args in [
+            os(&["record", "-d", "1s", "--force", "-o", target]),
+            os(&["report", good.to_str().unwrap(), "--force", "-o", target]),
+        ] {
+            let (code, stderr) = tracer_within(&refs(&args), Duration::from_secs(30));
+            assert_ne!(code, 0, "{args:?}");
+            assert!(stderr.contains("not a regular file"), "{args:?}: {stderr}");
+        }
+    }
+    assert_eq!(
+        std::fs::metadata("/dev/null").unwrap().permissions().mode(),
+        null_mode
+    );
+    assert_eq!(
+        std::fs::metadata(&fifo).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_before_any_file_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never.jsonl");
+    let out = out.to_str().unwrap();
+    for args in [
+        &["record", "-i", "0", "-o", out][..],
+        &["record", "-i", "1ns", "-o", out],
+        &["record", "-d", "0", "-o", out],
+        &["live", "-i", "0", "--record", out],
+        &["serve", "-i", "0", "--record", out],
+    ] {
+        let (code, stderr) = tracer_within(&refs(&os(args)), Duration::from_secs(30));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("minimum of 10 ms") || stderr.contains("greater than zero"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!Path::new(out).exists(), "{args:?} created the output");
+    }
+}
+
+#[test]
+fn a_non_utf8_output_path_records_or_fails_cleanly() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"rec-\xff\xfe.jsonl"));
+    let mut args = os(&["record", "-d", "1s", "-i", "1s", "-o"]);
+    args.push(path.clone().into_os_string());
+    let (code, stderr) = tracer_within(&refs(&args), Duration::from_mins(1));
+    assert_ne!(code, 101, "panicked: {stderr}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(code, 0, "{stderr}");
+        let replayed = replay(&path);
+        assert!(replayed.summary.is_some());
+    } else {
+        // Tracing cannot start without root: nothing is left behind.
+        assert_ne!(code, 0);
+        assert!(!path.exists(), "a failed start left {}", path.display());
+    }
+}
+
+#[test]
+fn report_of_endless_or_hostile_input_ends_with_exit_2() {
+    let (code, stderr) =
+        tracer_within(&refs(&os(&["report", "/dev/zero"])), Duration::from_mins(1));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero:1: a record line of at most 64 MiB"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    simulate::write_recording(
+        &good,
+        false,
+        &[Scenario::seed_001(250, 1.0, 50)],
+        ProbeSet::Full,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&good).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut event: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    event["ts_ns"] = serde_json::json!(u64::MAX);
+    lines[3] = event.to_string();
+    let bad = dir.path().join("max-ts.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    for format in ["table", "json", "ftrace"] {
+        let args = os(&["report", bad.to_str().unwrap(), "--format", format]);
+        let (code, stderr) = tracer_within(&refs(&args), Duration::from_secs(30));
+        assert_eq!(code, 2, "{format}: {stderr}");
+        assert!(
+            stderr.contains("max-ts.jsonl:4: an event's ts_ns within the recording's time range"),
+            "{format}: {stderr}"
+        );
+    }
+}

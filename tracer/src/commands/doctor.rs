@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
+use tracer_events::text::escape;
+
 use crate::{
     cli::DoctorArgs,
     doctor::{self, DoctorReport, Logs, Status, collect},
@@ -19,15 +21,17 @@ pub fn render(report: &DoctorReport, width: u16) -> String {
         .set_width(width)
         .force_no_tty()
         .set_header(["check", "status", "value", "source"]);
+    // Values, sources and advice quote the host (cmdline, log lines, CPU
+    // model, paths): escaped.
     for check in &report.checks {
         table.add_row(vec![
-            Cell::new(&check.title),
+            Cell::new(escape(&check.title)),
             Cell::new(check.status.label()),
-            Cell::new(&check.value),
-            Cell::new(&check.source),
+            Cell::new(escape(&check.value)),
+            Cell::new(escape(&check.source)),
         ]);
     }
-    let mut out = format!("tracer doctor: {}\n{table}\n", report.root);
+    let mut out = format!("tracer doctor: {}\n{table}\n", escape(&report.root));
     let advice: Vec<_> = report
         .checks
         .iter()
@@ -36,7 +40,13 @@ pub fn render(report: &DoctorReport, width: u16) -> String {
     if !advice.is_empty() {
         out.push_str("what to do:\n");
         for (check, advice) in advice {
-            let _ = writeln!(out, "  {} {}: {advice}", check.status.label(), check.title);
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                check.status.label(),
+                escape(&check.title),
+                escape(advice)
+            );
         }
     }
     let failed = report

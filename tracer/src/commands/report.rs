@@ -22,13 +22,17 @@ type PerfettoBuilder = report::perfetto::PerfettoBuilder;
 struct PerfettoBuilder;
 
 #[cfg(not(feature = "perfetto"))]
+#[allow(
+    clippy::unused_self,
+    reason = "the same calls as the real builder, which uses self"
+)]
 impl PerfettoBuilder {
-    fn new(_: &crate::recording::Metadata) -> Self {
+    fn new(_: &tracer_events::Metadata) -> Self {
         Self
     }
-    fn event(&mut self, _: &crate::events::Event) {}
-    fn lost(&mut self, _: &crate::recording::LostRecord) {}
-    fn finish(self, _: &[report::VerdictChange], _: u64) -> Vec<u8> {
+    fn event(&mut self, _: &tracer_events::Event) {}
+    fn lost(&mut self, _: &tracer_events::LostRecord) {}
+    fn finish(self, _: &[tracer_events::VerdictChange], _: u64) -> Vec<u8> {
         Vec::new()
     }
 }

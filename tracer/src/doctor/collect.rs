@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{DoctorReport, Logs};
 use tracer_events::redact::{REDACTED, redact_kernel_cmdline};
 
-use crate::kernel::host::HostRoot;
+use crate::kernel::{bounded, host::HostRoot};
 
 /// Symbols whose kallsyms lines are kept (doctor looks for nothing else).
 const KEPT_SYMBOLS: [&str; 5] = [
@@ -97,6 +97,14 @@ pub fn collect(
     host: &HostRoot,
     logs: &Logs,
 ) -> anyhow::Result<Manifest> {
+    // Never through a symlink: the snapshot would land wherever it points
+    // (and what exists there is not ours to fill).
+    if std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link; give a new directory (symlinks are not followed)",
+            dir.display()
+        );
+    }
     if dir.exists() && std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_some()) {
         bail!(
             "{} exists and is not empty; give a new directory",
@@ -130,11 +138,10 @@ pub fn collect(
             }
             continue;
         }
-        let Ok(text) = std::fs::read(source) else {
+        let Ok(text) = bounded::read_capped(source, bounded::cap_of(&absolute)) else {
             // Read failed for doctor too (N/A); nothing to copy.
             continue;
         };
-        let text = String::from_utf8_lossy(&text).into_owned();
         let content = if absolute == "/proc/kallsyms" {
             kallsyms_excerpt(&text)
         } else if redact && absolute == "/proc/cmdline" {

@@ -14,6 +14,7 @@ use tracer_events::{CpuInfo, ProbeKind, TracingMode};
 use self::logs::{LogPattern, LogScan};
 use crate::{
     kernel::{
+        bounded,
         host::{DETECTION_SINCE, HostRoot, MISERY_SINCE, parse_release},
         kallsyms::Kallsyms,
     },
@@ -107,6 +108,33 @@ pub const DMESG_FILE: &str = "/doctor/dmesg.txt";
 /// Captured journal lines.
 pub const JOURNAL_FILE: &str = "/doctor/journal.txt";
 
+/// Runs `program` and keeps the last [`bounded::LOG_TAIL_CAP`] bytes of
+/// its output (a journal of years is gigabytes) and 4 KiB of its errors.
+fn run_tail(
+    program: &str,
+    args: &[&str],
+) -> std::io::Result<(std::process::ExitStatus, String, String)> {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || bounded::read_stream_tail(stderr, 4096).unwrap_or_default())
+    });
+    let stdout = match child.stdout.take() {
+        Some(stdout) => bounded::read_stream_tail(stdout, bounded::LOG_TAIL_CAP),
+        None => Ok(String::new()),
+    };
+    let status = child.wait()?;
+    let stderr = stderr
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_default();
+    Ok((status, stdout?, stderr))
+}
+
 impl Logs {
     /// Reads the logs: `dmesg` and `journalctl -b` on the live host, the
     /// captured files under a snapshot root.
@@ -122,22 +150,20 @@ impl Logs {
                     &["-b", "--no-pager", "-q", "-o", "short-iso"][..],
                 ),
             ] {
-                match std::process::Command::new(program).args(args).output() {
-                    Ok(out) if out.status.success() => {
-                        logs.add(file, &String::from_utf8_lossy(&out.stdout));
+                match run_tail(program, args) {
+                    Ok((status, stdout, _)) if status.success() => {
+                        logs.add(file, &stdout);
                         logs.sources.push(name.to_owned());
                     }
-                    Ok(out) => logs.unavailable.push(format!(
-                        "{name}: exit {}: {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )),
+                    Ok((status, _, stderr)) => logs
+                        .unavailable
+                        .push(format!("{name}: exit {status}: {}", stderr.trim())),
                     Err(error) => logs.unavailable.push(format!("{name}: {error}")),
                 }
             }
         } else {
             for file in [DMESG_FILE, JOURNAL_FILE] {
-                match host.read(file) {
+                match host.read_tail(file, bounded::LOG_TAIL_CAP) {
                     Ok(text) => {
                         logs.add(file, &text);
                         logs.sources.push(host.path(file).display().to_string());
@@ -837,13 +863,15 @@ fn readiness_checks(host: &HostRoot) -> Vec<Check> {
         (!kprobes).then(|| "a kernel with CONFIG_KPROBES=y gives confirmed verdicts".into()),
     ));
     let wanted = plan::kprobe_symbols();
+    // Streamed, keeping only the wanted symbols: memory stays small for a
+    // kallsyms of millions of lines, and the read stops at its cap.
     let kallsyms = host
-        .read("/proc/kallsyms")
-        .and_then(|text| {
-            Kallsyms::parse(&text, &host.path("/proc/kallsyms"))
-                .map_err(|error| std::io::Error::other(error.to_string()))
-        })
-        .map_err(|error| error.to_string());
+        .open_capped("/proc/kallsyms")
+        .map_err(|error| format!("{}: {error}", host.path("/proc/kallsyms").display()))
+        .and_then(|file| {
+            Kallsyms::from_reader(file, &host.path("/proc/kallsyms"), &wanted)
+                .map_err(|error| error.to_string())
+        });
     let symbol_present = |name: &str| {
         kallsyms
             .as_ref()

@@ -8,6 +8,8 @@ use std::{
 
 use tracer_events::{CpuInfo, HostFacts, ProcessInfo, VcpuThread, VmThreads};
 
+use super::bounded;
+
 /// The kvm modules whose parameters matter here.
 pub const KVM_MODULES: [&str; 3] = ["kvm", "kvm_intel", "kvm_amd"];
 
@@ -98,10 +100,25 @@ impl HostRoot {
         self.root.join(absolute.trim_start_matches('/'))
     }
 
-    /// Reads a file as text.
+    /// Reads a regular file as text, up to its kind's cap
+    /// ([`bounded::cap_of`]); a FIFO, device or oversized file is an error.
     pub fn read(&self, absolute: &str) -> std::io::Result<String> {
         self.note(absolute, true);
-        std::fs::read_to_string(self.path(absolute))
+        bounded::read_capped(&self.path(absolute), bounded::cap_of(absolute))
+    }
+
+    /// Reads the last `cap` bytes of a regular file (a log).
+    pub fn read_tail(&self, absolute: &str, cap: u64) -> std::io::Result<String> {
+        self.note(absolute, true);
+        bounded::read_tail(&self.path(absolute), cap)
+    }
+
+    /// Opens a regular file for streaming, failing once more than its
+    /// kind's cap is read.
+    pub fn open_capped(&self, absolute: &str) -> std::io::Result<bounded::Capped<std::fs::File>> {
+        self.note(absolute, true);
+        let file = bounded::open_regular(&self.path(absolute))?;
+        Ok(bounded::Capped::new(file, bounded::cap_of(absolute)))
     }
 
     /// Reads a file and trims it.
@@ -216,10 +233,15 @@ impl HostRoot {
                 else {
                     continue;
                 };
-                let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+                let Ok(comm) =
+                    bounded::read_capped(&task.path().join("comm"), bounded::SMALL_FILE_CAP)
+                else {
                     continue;
                 };
                 if let Some(index) = crate::model::vcpu_index_from_comm(comm.trim()) {
+                    // Only vCPU threads go into a `--collect` snapshot (not
+                    // every thread of the host).
+                    self.note(&format!("/proc/{pid}/task/{tid}/comm"), true);
                     vcpus.push(VcpuThread { index, tid });
                 }
             }

@@ -63,6 +63,9 @@ pub struct Kallsyms {
     addresses_hidden: bool,
 }
 
+/// Longest kallsyms line read (a symbol name is at most 512 bytes).
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// Suffixes after which a symbol is still the function's entry point.
 const ENTRY_SUFFIXES: [&str; 4] = [".constprop.", ".isra.", ".lto_priv.", ".llvm."];
 
@@ -81,12 +84,42 @@ impl Kallsyms {
     /// or a suffixed clone): the tracer needs five symbols of a file of
     /// 100,000+, and holding them all costs tens of MiB at start-up.
     pub fn read_for(path: &Path, names: &[&str]) -> Result<Self, KallsymsError> {
-        use std::io::BufRead as _;
         let file = fs::File::open(path).map_err(|source| KallsymsError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let lines = std::io::BufReader::new(file).lines().map(|line| {
+        Self::from_reader(file, path, names)
+    }
+
+    /// [`Self::read_for`] on an open file (`path` names it in errors).
+    /// Memory stays at a line plus the kept symbols whatever the input:
+    /// a line is at most [`MAX_LINE_BYTES`].
+    pub fn from_reader(
+        input: impl std::io::Read,
+        path: &Path,
+        names: &[&str],
+    ) -> Result<Self, KallsymsError> {
+        use std::io::{BufRead as _, Read as _};
+        let mut input = std::io::BufReader::new(input);
+        let mut buffer = Vec::new();
+        let lines = std::iter::from_fn(move || {
+            buffer.clear();
+            match (&mut input)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut buffer)
+            {
+                Ok(0) => None,
+                Ok(_) if buffer.len() > MAX_LINE_BYTES => Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a line longer than {MAX_LINE_BYTES} bytes"),
+                ))),
+                Ok(_) => Some(Ok(String::from_utf8_lossy(&buffer)
+                    .trim_end_matches('\n')
+                    .to_owned())),
+                Err(error) => Some(Err(error)),
+            }
+        })
+        .map(|line| {
             line.map_err(|source| KallsymsError::Read {
                 path: path.to_owned(),
                 source,

@@ -29,7 +29,7 @@ pub mod kicks;
 pub mod rate;
 mod rows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{BUS_ADRALN, KVM_RUN_EINTR, SI_TIMER, SIGBUS, kvm_exit_reason, vmx};
@@ -169,6 +169,9 @@ pub struct ThreadState {
     pub first_seen_ns: u64,
     /// Last event time.
     pub last_seen_ns: u64,
+    /// Sequence number of the thread's latest event in the model's
+    /// eviction queue (only the entry with this number is current).
+    touched: u64,
     windows: LazyWindows,
     /// Signals to this thread in the window (kept for every thread).
     signals: SlidingSum,
@@ -215,6 +218,7 @@ impl ThreadState {
             totals: ThreadTotals::default(),
             first_seen_ns: ts_ns,
             last_seen_ns: ts_ns,
+            touched: 0,
             windows: LazyWindows::default(),
             signals: SlidingSum::default(),
             episode: None,
@@ -552,7 +556,21 @@ pub struct Model {
     /// The verdict last reported per thread, for [`Model::verdict_changes`]
     /// and [`Model::verdict_change_of`].
     reported: HashMap<u32, (Verdict, bool)>,
+    /// Eviction order: (tid, sequence number) per applied event, oldest
+    /// first. An entry is current when it carries its thread's `touched`;
+    /// older entries are skipped when met and dropped in bulk when the
+    /// queue grows past [`QUEUE_SLACK`] times the threads.
+    recency: VecDeque<(u32, u64)>,
+    /// Sequence number of the latest event.
+    sequence: u64,
+    /// Threads dropped because [`MAX_THREADS`] were tracked.
+    evicted: u64,
 }
+
+/// The eviction queue is compacted when it holds this many entries per
+/// tracked thread (amortised O(1) per event, at most
+/// `QUEUE_SLACK * MAX_THREADS` entries of 16 bytes: 1 MiB).
+const QUEUE_SLACK: usize = 4;
 
 impl Model {
     /// An empty model.
@@ -619,23 +637,42 @@ impl Model {
             self.threads.remove(&tid);
         }
         if !self.threads.contains_key(&tid) && self.threads.len() >= MAX_THREADS {
-            self.evict_oldest();
+            self.evict_least_recent();
         }
-        self.threads
+        self.sequence += 1;
+        let thread = self
+            .threads
             .entry(tid)
-            .or_insert_with(|| ThreadState::new(tid, event.ts_ns))
-            .apply(event);
+            .or_insert_with(|| ThreadState::new(tid, event.ts_ns));
+        thread.touched = self.sequence;
+        thread.apply(event);
+        self.recency.push_back((tid, self.sequence));
+        if self.recency.len() > QUEUE_SLACK * self.threads.len().max(1024) {
+            let threads = &self.threads;
+            self.recency
+                .retain(|(tid, seen)| threads.get(tid).is_some_and(|t| t.touched == *seen));
+        }
     }
 
-    fn evict_oldest(&mut self) {
-        if let Some(oldest) = self
-            .threads
-            .values()
-            .min_by_key(|thread| thread.last_seen_ns)
-            .map(|thread| thread.tid)
-        {
-            self.threads.remove(&oldest);
+    /// Drops the thread whose latest event is the oldest (in the order
+    /// events arrived): amortised O(1), each queue entry is looked at once.
+    fn evict_least_recent(&mut self) {
+        while let Some((tid, seen)) = self.recency.pop_front() {
+            if self
+                .threads
+                .get(&tid)
+                .is_some_and(|thread| thread.touched == seen)
+            {
+                self.threads.remove(&tid);
+                self.evicted += 1;
+                return;
+            }
         }
+    }
+
+    /// Threads dropped so far because [`MAX_THREADS`] were tracked.
+    pub fn threads_evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Drops threads silent for [`THREAD_EXPIRY_NS`] and those `is_gone` reports dead.

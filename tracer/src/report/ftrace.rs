@@ -13,32 +13,41 @@ use tracer_events::{
 use super::ReplayResult;
 use crate::model::LIVELOCK_MITIGATIONS;
 
+/// `writeln!` for ftrace text: the line is escaped (see
+/// [`tracer_events::text`]), every value in it may come from the traced
+/// system.
+macro_rules! text_line {
+    ($out:expr, $($arg:tt)*) => {
+        tracer_events::text::push_line(&mut $out, &format!($($arg)*))
+    };
+}
+
 /// The header block (`# ` lines).
 pub fn header(metadata: &Metadata) -> String {
     let mut out = String::new();
     let host = &metadata.host;
     let or_unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "unknown".into());
-    let _ = writeln!(
+    text_line!(
         out,
         "# split-lock tracer recording, format version {}",
         metadata.version
     );
-    let _ = writeln!(
+    text_line!(
         out,
         "# tracer: {} (commit {}) {}",
         metadata.tracer.version,
         metadata.tracer.git_commit,
         metadata.tracer.command_line.join(" ")
     );
-    let _ = writeln!(out, "# host: {}", or_unknown(&host.hostname));
-    let _ = writeln!(
+    text_line!(out, "# host: {}", or_unknown(&host.hostname));
+    text_line!(
         out,
         "# kernel: {} {}",
         or_unknown(&host.kernel_release),
         or_unknown(&host.kernel_version)
     );
-    let _ = writeln!(out, "# cmdline: {}", or_unknown(&host.cmdline));
-    let _ = writeln!(
+    text_line!(out, "# cmdline: {}", or_unknown(&host.cmdline));
+    text_line!(
         out,
         "# kernel.split_lock_mitigate: {}",
         host.split_lock_mitigate
@@ -46,7 +55,7 @@ pub fn header(metadata: &Metadata) -> String {
     );
     match &host.cpu {
         Some(cpu) => {
-            let _ = writeln!(
+            text_line!(
                 out,
                 "# cpu: {} {} \"{}\" microcode {} flags:{}{}{}",
                 cpu.vendor,
@@ -68,7 +77,7 @@ pub fn header(metadata: &Metadata) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "# cpu: unknown ({})", or_unknown(&host.cpu_error));
+            text_line!(out, "# cpu: unknown ({})", or_unknown(&host.cpu_error));
         }
     }
     for (module, parameters) in &host.kvm_parameters {
@@ -76,9 +85,9 @@ pub fn header(metadata: &Metadata) -> String {
             .iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
-        let _ = writeln!(out, "# {module}: {}", list.join(" "));
+        text_line!(out, "# {module}: {}", list.join(" "));
     }
-    let _ = writeln!(
+    text_line!(
         out,
         "# mode: {}",
         metadata
@@ -91,9 +100,9 @@ pub fn header(metadata: &Metadata) -> String {
             ProbeStatus::Unavailable { reason } => format!("unavailable: {reason}"),
             ProbeStatus::Failed { reason } => format!("FAILED: {reason}"),
         };
-        let _ = writeln!(out, "# probe {} {}: {status}", entry.kind, entry.target);
+        text_line!(out, "# probe {} {}: {status}", entry.kind, entry.target);
     }
-    let _ = writeln!(
+    text_line!(
         out,
         "# clock: {} (add {} ns for Unix time), ring buffer {} KiB",
         metadata.clock.name,
@@ -106,7 +115,7 @@ pub fn header(metadata: &Metadata) -> String {
             .iter()
             .map(|vcpu| format!("{}:{}", vcpu.index, vcpu.tid))
             .collect();
-        let _ = writeln!(
+        text_line!(
             out,
             "# vm pid {} {} cpu {} vcpus {}",
             vm.pid,
@@ -214,18 +223,19 @@ pub fn event_line(event: &Event) -> String {
             vm_exit_text(*exit_reason, *intr_info)
         ),
     };
-    format!(
+    let line = format!(
         "{}-{} [{:03}] {}: {what}",
         event.comm,
         event.tid,
         event.cpu,
         format_ts(event.ts_ns)
-    )
+    );
+    tracer_events::text::escape(&line).into_owned()
 }
 
 /// A `lost` record as a comment line.
 pub fn lost_line(lost: &LostRecord) -> String {
-    format!(
+    let line = format!(
         "# LOST {} {:?}{} at {}",
         lost.count,
         lost.cause,
@@ -233,14 +243,15 @@ pub fn lost_line(lost: &LostRecord) -> String {
             .as_ref()
             .map_or_else(String::new, |detail| format!(" ({detail})")),
         format_ts(lost.ts_ns)
-    )
+    );
+    tracer_events::text::escape(&line).into_owned()
 }
 
 /// The closing block: losses, verdicts with evidence, mitigations.
 pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
     let mut out = String::from("#\n");
     let losses = &result.losses;
-    let _ = writeln!(
+    text_line!(
         out,
         "# lost: ring buffer {}, undecodable {}, recursion {}, skipped by the kernel {}, counter map full {}, window map full {}, not written by the recorder {}",
         losses.ring_total(),
@@ -252,10 +263,13 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
         result.events_not_written
     );
     for warning in warnings {
-        let _ = writeln!(out, "# warning: {warning}");
+        text_line!(out, "# warning: {warning}");
+    }
+    if let Some(note) = super::threads_not_kept_note(result) {
+        text_line!(out, "# {note}");
     }
     for row in &result.rows {
-        let _ = writeln!(
+        text_line!(
             out,
             "# verdict tid {} ({}, pid {}, vCPU {}): {}",
             row.tid,
@@ -265,7 +279,7 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
             row.verdict_label()
         );
         for line in &row.evidence {
-            let _ = writeln!(out, "#   {line}");
+            text_line!(out, "#   {line}");
         }
     }
     for change in &result.changes {
@@ -273,7 +287,7 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
             change.to,
             Verdict::Livelock | Verdict::Killed | Verdict::KvmError
         ) {
-            let _ = writeln!(
+            text_line!(
                 out,
                 "# tid {} became {}{} at {}",
                 change.tid,
@@ -294,7 +308,7 @@ pub fn footer(result: &ReplayResult, warnings: &[String]) -> String {
     if livelocked {
         out.push_str("# mitigations for the livelock (any one):\n");
         for mitigation in LIVELOCK_MITIGATIONS {
-            let _ = writeln!(out, "#   {mitigation}");
+            text_line!(out, "#   {mitigation}");
         }
     }
     out

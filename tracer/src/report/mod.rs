@@ -14,19 +14,36 @@ use tracer_events::{
     VerdictChange, apply_loss,
 };
 
-use crate::{kernel::host, live::ViewStatus, model::Model, probes::plan};
+use crate::{
+    kernel::host,
+    live::ViewStatus,
+    model::{MAX_THREADS, Model},
+    probes::plan,
+};
 
 /// Besides after every event (for the event's thread), a replay classifies
 /// every thread this often (recorded time), so verdicts that change by
 /// silence (LIVELOCK -> IDLE) are found too.
 pub const REPLAY_TICK_NS: u64 = 1_000_000_000;
 
+/// When the replay classifies next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextTick {
+    /// Before the first record.
+    NotStarted,
+    /// At this recorded time.
+    At(u64),
+    /// Never again: the next tick would pass `u64::MAX`.
+    Exhausted,
+}
+
 /// The model driven by a recording.
 pub struct Replay {
     /// The recording's metadata.
     pub metadata: Metadata,
     model: Model,
-    next_tick: Option<u64>,
+    /// The next classification tick.
+    next_tick: NextTick,
     /// Every verdict change, in time order.
     pub changes: Vec<VerdictChange>,
     /// Lost records summed by cause and detail.
@@ -54,7 +71,19 @@ pub struct ReplayResult {
     pub losses: LossCounts,
     /// Events traced but not written by the recorder.
     pub events_not_written: u64,
+    /// Threads the replay dropped because more than [`MAX_THREADS`] were
+    /// active at once (the least recently seen go first): their rows and
+    /// verdicts are missing, or restart when they are seen again.
+    #[serde(default)]
+    pub threads_not_kept: u64,
 }
+
+/// Distinct (cause, detail) pairs of `lost` records kept apart; further
+/// details are summed under [`OTHER_DETAILS`] (a hostile recording could
+/// otherwise grow the map by a line each).
+pub const MAX_LOST_KEYS: usize = 1024;
+/// The detail losses beyond [`MAX_LOST_KEYS`] are summed under.
+pub const OTHER_DETAILS: &str = "(other details)";
 
 impl Replay {
     /// A replay of a recording with `metadata`.
@@ -70,7 +99,7 @@ impl Replay {
         Self {
             metadata,
             model,
-            next_tick: None,
+            next_tick: NextTick::NotStarted,
             changes: Vec::new(),
             lost: BTreeMap::new(),
             summary: None,
@@ -99,10 +128,12 @@ impl Replay {
     }
 
     fn lost_record(&mut self, lost: &LostRecord) {
-        *self
-            .lost
-            .entry((lost.cause, lost.detail.clone()))
-            .or_default() += lost.count;
+        let mut key = (lost.cause, lost.detail.clone());
+        if self.lost.len() >= MAX_LOST_KEYS && !self.lost.contains_key(&key) {
+            key.1 = Some(OTHER_DETAILS.to_owned());
+        }
+        let total = self.lost.entry(key).or_default();
+        *total = total.saturating_add(lost.count);
     }
 
     fn event(&mut self, event: &Event) {
@@ -119,23 +150,36 @@ impl Replay {
         }
     }
 
-    /// Classifies at every tick up to `ts_ns`.
+    /// Classifies at every tick up to `ts_ns`. The reader bounds every
+    /// `ts_ns`, and the arithmetic here is checked anyway: a tick past
+    /// `u64::MAX` ends the ticking instead of wrapping round to 0 (which
+    /// looped for ever on a `ts_ns` of `u64::MAX`).
     fn advance_to(&mut self, ts_ns: u64) {
-        let next = *self.next_tick.get_or_insert(ts_ns + REPLAY_TICK_NS);
+        if self.next_tick == NextTick::NotStarted {
+            self.next_tick = ts_ns
+                .checked_add(REPLAY_TICK_NS)
+                .map_or(NextTick::Exhausted, NextTick::At);
+        }
+        let NextTick::At(next) = self.next_tick else {
+            return;
+        };
         if ts_ns < next {
             return;
         }
-        let mut tick = next;
-        while tick <= ts_ns {
-            self.classify_at(tick);
-            self.model.expire(tick, |_| false);
-            tick += REPLAY_TICK_NS;
+        let mut tick = Some(next);
+        while let Some(now) = tick.filter(|now| *now <= ts_ns) {
+            self.classify_at(now);
+            self.model.expire(now, |_| false);
+            tick = now.checked_add(REPLAY_TICK_NS);
             // Skip a stretch without threads in one step.
-            if self.model.thread_count() == 0 && tick <= ts_ns {
-                tick += (ts_ns - tick) / REPLAY_TICK_NS * REPLAY_TICK_NS;
+            if let Some(next) = tick
+                && self.model.thread_count() == 0
+                && next <= ts_ns
+            {
+                tick = next.checked_add((ts_ns - next) / REPLAY_TICK_NS * REPLAY_TICK_NS);
             }
         }
-        self.next_tick = Some(tick);
+        self.next_tick = tick.map_or(NextTick::Exhausted, NextTick::At);
     }
 
     fn classify_at(&mut self, ts_ns: u64) -> Vec<ThreadRow> {
@@ -222,14 +266,18 @@ impl Replay {
             changes: self.changes.clone(),
             losses,
             events_not_written,
+            threads_not_kept: self.model.threads_evicted(),
         }
     }
 }
 
 /// The `report` table: the live view's screen plus the verdict history.
 pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
-    use std::fmt::Write as _;
     let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
+    if let Some(note) = threads_not_kept_note(result) {
+        out.push_str(&note);
+        out.push('\n');
+    }
     let interesting: Vec<&VerdictChange> = result
         .changes
         .iter()
@@ -248,8 +296,7 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
                     }
                 },
             );
-            let _ = writeln!(
-                out,
+            let line = format!(
                 "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
                 change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
                 change.tid,
@@ -264,9 +311,20 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
                     .as_ref()
                     .map_or_else(String::new, |reason| format!(": {reason}"))
             );
+            tracer_events::text::push_line(&mut out, &line);
         }
     }
     out
+}
+
+/// The line that says threads were dropped, when some were.
+pub fn threads_not_kept_note(result: &ReplayResult) -> Option<String> {
+    (result.threads_not_kept > 0).then(|| {
+        format!(
+            "{} threads not kept: more than {MAX_THREADS} threads were active at once, the least recently seen were dropped (their rows and verdict changes are missing or restart)",
+            result.threads_not_kept
+        )
+    })
 }
 
 /// The `--format json` document.
@@ -282,6 +340,7 @@ pub fn render_json(
         "status": result.status,
         "losses": result.losses,
         "events_not_written": result.events_not_written,
+        "threads_not_kept": result.threads_not_kept,
         "threads": result.rows,
         "verdict_changes": result.changes,
         "warnings": warnings,

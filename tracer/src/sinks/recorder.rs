@@ -52,7 +52,11 @@ impl PendingRecording {
             tracer: TracerIdentity {
                 version: env!("CARGO_PKG_VERSION").into(),
                 git_commit: crate::version::GIT_COMMIT.into(),
-                command_line: std::env::args().collect(),
+                // args_os: a path argument need not be UTF-8 (env::args
+                // panicked on one).
+                command_line: std::env::args_os()
+                    .map(|arg| arg.to_string_lossy().into_owned())
+                    .collect(),
             },
             host: host.facts(),
             probes: session.probes.clone(),
