@@ -372,6 +372,11 @@ pub struct TracerConfig {
     /// for the raw-tracepoint `signal_generate` program; [`FIELD_ABSENT`]
     /// when unknown (then only the perf tracepoint program is used).
     pub task_pid_offset: u32,
+    /// Byte offset of `tgid` in `struct task_struct`: with a filter, the raw
+    /// tracepoint program keeps only signals aimed at the filtered process;
+    /// [`FIELD_ABSENT`] when unknown (then a signal passes the filter only
+    /// when its target already showed up as a thread of that process).
+    pub task_tgid_offset: u32,
     /// `signal:signal_generate` layout on the running kernel.
     pub signal_generate: SignalGenerateLayout,
     /// `kvm:kvm_userspace_exit` layout on the running kernel.
@@ -398,6 +403,7 @@ impl TracerConfig {
     pub const UNSET: Self = Self {
         filter_tgid: 0,
         task_pid_offset: FIELD_ABSENT,
+        task_tgid_offset: FIELD_ABSENT,
         signal_generate: SignalGenerateLayout {
             sig: FIELD_ABSENT,
             errno: FIELD_ABSENT,

@@ -441,13 +441,36 @@ fn tally_timer_signal() {
 
 /// What both `signal_generate` programs do with one generated signal:
 /// timer signals anywhere, SIGBUS/BUS_ADRALN anywhere, and any signal aimed
-/// at a thread the tracer already counts.
+/// at a thread the tracer already counts. With a process filter (`-p`),
+/// only signals aimed at a thread of that process: by the target's
+/// `target_tgid` where the program could read it, else by the process the
+/// counters already saw the target in.
 #[inline(always)]
-fn on_signal(sig: i32, errno: i32, code: i32, target: i32, group: i32, result: i32) {
+fn on_signal(
+    sig: i32,
+    errno: i32,
+    code: i32,
+    target: i32,
+    target_tgid: Option<u32>,
+    group: i32,
+    result: i32,
+) {
     let is_timer = code == SI_TIMER;
     let is_sigbus = sig == SIGBUS && code == BUS_ADRALN;
     if is_timer {
+        // Before the filter: the tally compares with the kernel's count of
+        // every timer signal.
         tally_timer_signal();
+    }
+    let filter = config().filter_tgid;
+    if filter != 0 {
+        let in_process = match target_tgid {
+            Some(tgid) => tgid == filter,
+            None => counters(target as u32, false).is_some_and(|known| known.tgid == filter),
+        };
+        if !in_process {
+            return;
+        }
     }
     let now = now_ns();
     match counters(target as u32, is_timer || is_sigbus) {
@@ -508,6 +531,7 @@ fn on_signal_tracepoint(ctx: &TracePointContext) {
         read_i32(ctx, layout.errno).unwrap_or(0),
         code,
         target,
+        None,
         read_i32(ctx, layout.group).unwrap_or(-1),
         read_i32(ctx, layout.result).unwrap_or(-1),
     );
@@ -566,7 +590,22 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     } else {
         (0, SI_USER)
     };
-    on_signal(sig as i32, errno, code, target, group as i32, result as i32);
+    let tgid_offset = config().task_tgid_offset;
+    let target_tgid = (tgid_offset != FIELD_ABSENT)
+        .then(|| {
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_kernel((task + u64::from(tgid_offset)) as *const u32) }.ok()
+        })
+        .flatten();
+    on_signal(
+        sig as i32,
+        errno,
+        code,
+        target,
+        target_tgid,
+        group as i32,
+        result as i32,
+    );
     0
 }
 

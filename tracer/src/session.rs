@@ -171,6 +171,14 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     };
     if let Ok(offset) = task_pid_offset {
         config.task_pid_offset = offset;
+        // For `-p`: signals are kept only when aimed at the process.
+        if let Ok(tgid) = crate::kernel::btf::member_offset(
+            std::path::Path::new(crate::kernel::btf::VMLINUX_BTF),
+            "task_struct",
+            "tgid",
+        ) {
+            config.task_tgid_offset = tgid;
+        }
     }
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_GLOBAL, &config, true);
