@@ -1,7 +1,14 @@
 //! PID 1 of the `cargo xtask vm-test` guests: a static program that mounts
 //! what the tracer needs, loads the kvm modules, runs the real `tracer`
-//! against the booted distribution kernel, prints one `VMTEST-RESULT` JSON
-//! line on the console and powers off.
+//! against the booted distribution kernel, runs the handler scenarios
+//! (`scenarios.rs`, with the fixture module and `/init driver`), prints one
+//! `VMTEST-RESULT` JSON line on the console and powers off.
+//!
+//! Run as `/init driver ...` (not PID 1) it is the scenarios' driver
+//! (`driver.rs`).
+
+mod driver;
+mod scenarios;
 
 use std::{
     ffi::CString,
@@ -39,7 +46,7 @@ fn mount(source: &str, target: &str, fstype: &str) -> Result<(), String> {
 /// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses .ko.xz/.ko.zst.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 
-fn load_module(path: &str) -> Result<(), String> {
+fn load_module(path: &str, params: &str) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
     let compressed = std::path::Path::new(path)
         .extension()
@@ -49,8 +56,8 @@ fn load_module(path: &str) -> Result<(), String> {
     } else {
         0
     };
-    let params = CString::default();
-    // SAFETY: finit_module with an open fd and an empty parameter string.
+    let params = CString::new(params).map_err(|_| format!("{path}: NUL in parameters"))?;
+    // SAFETY: finit_module with an open fd and a NUL-terminated parameter string.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_finit_module,
@@ -123,7 +130,43 @@ fn timer_signals(duration: Duration) -> Result<u64, String> {
     }
 }
 
+/// The kernel's log so far (non-blocking reads of /dev/kmsg).
+fn read_kmsg() -> String {
+    use std::fmt::Write as _;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(mut kmsg) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return String::new();
+    };
+    let mut log = String::new();
+    let mut record = vec![0_u8; 8192];
+    loop {
+        match kmsg.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => {
+                // "level,seq,usec,flags;text": keep the time and the text.
+                let line = String::from_utf8_lossy(&record[..n]);
+                let (prefix, text) = line.split_once(';').unwrap_or(("", &line));
+                let usec = prefix.split(',').nth(2).unwrap_or("0");
+                let _ = writeln!(log, "[{usec}] {}", text.trim_end());
+            }
+            // EPIPE: records were overwritten since; the next read goes on.
+            Err(error) if error.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(_) => break,
+        }
+    }
+    log
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("driver") {
+        std::process::exit(driver::run(&args[1..]));
+    }
     let mut result = json!({});
     let mut mounts = Vec::new();
     for (source, target, fstype) in [
@@ -155,7 +198,7 @@ fn main() {
         .lines()
     {
         let path = format!("/modules/{module}");
-        modules.push(json!({"module": module, "loaded": load_module(&path).err().map_or(Value::Bool(true), Value::String)}));
+        modules.push(json!({"module": module, "loaded": load_module(&path, "").err().map_or(Value::Bool(true), Value::String)}));
     }
     result["modules"] = json!(modules);
     result["kprobe_pmu"] =
@@ -205,6 +248,14 @@ fn main() {
         }
         Err(error) => result["record"] = json!({"error": error.to_string()}),
     }
+    // Kernel messages would tear the file lines the scenarios print on the
+    // console: keep them in the ring buffer (shipped as dmesg.txt).
+    let _ = std::fs::write("/proc/sys/kernel/printk", "1");
+    let release = result["kernel"].as_str().unwrap_or("unknown").to_owned();
+    if let Some(handlers) = scenarios::run(&release, &load_module) {
+        result["handlers"] = handlers;
+    }
+    scenarios::emit_file(&format!("{release}/dmesg.txt"), read_kmsg().as_bytes());
     println!("VMTEST-RESULT {result}");
     let _ = std::io::stdout().flush();
     // SAFETY: PID 1 powers the guest off; nothing else to do.
