@@ -7,6 +7,7 @@
 mod bench;
 mod dist;
 mod setup;
+mod vm_scenarios;
 mod vm_test;
 
 use std::process::Command;
@@ -55,8 +56,12 @@ enum Task {
     },
     /// Build the static musl binary and the Debian package into target/dist/.
     Dist,
-    /// Boot Debian's 6.1 and 6.12 kernels under QEMU and check every probe there.
-    VmTest,
+    /// Boot Debian's 6.1 and 6.12 kernels under QEMU, check every probe there and run the handler scenarios.
+    VmTest {
+        /// Copy the scenarios' recordings and the guests' format files into tracer/tests/fixtures.
+        #[arg(long)]
+        save_fixtures: bool,
+    },
     /// Fuzz the recording parser and replay with cargo-fuzz (libFuzzer).
     Fuzz {
         /// How long to fuzz.
@@ -87,7 +92,9 @@ fn main() {
             })
         }),
         Task::Dist => setup::run().and_then(|()| dist::run().map(|_| ())),
-        Task::VmTest => setup::run().and_then(|()| vm_test::run(false)),
+        Task::VmTest { save_fixtures } => {
+            setup::run().and_then(|()| vm_test::run(false, save_fixtures))
+        }
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
     };
     if let Err(error) = result {
@@ -227,7 +234,7 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
         println!("SKIP vm-test: --no-vm given");
         Ok(())
     } else {
-        vm_test::run(true)
+        vm_test::run(true, false)
     };
     // The benchmark's every section, briefly: it must keep working from a
     // clean checkout (its numbers come from the full `cargo xtask bench`).
