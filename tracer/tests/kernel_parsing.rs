@@ -192,6 +192,35 @@ fn userspace_exit_layout() {
     assert_eq!((layout.reason, layout.errno), (8, 12));
 }
 
+/// The formats `cargo xtask vm-test` captured from the booted Debian
+/// kernels (fixtures/README.md): the layouts the probes use are read from
+/// them, and they agree with the development kernel's.
+#[test]
+fn captured_debian_6_1_and_6_12_formats_give_the_probe_layouts() {
+    let reference = format("6.18.44", "kvm", "kvm_exit")
+        .kvm_exit_layout()
+        .unwrap();
+    for kernel in ["6.1.0-57-amd64", "6.12.118+deb12-amd64"] {
+        assert_eq!(
+            format(kernel, "kvm", "kvm_exit").kvm_exit_layout().unwrap(),
+            reference,
+            "{kernel}"
+        );
+        let signal = format(kernel, "signal", "signal_generate")
+            .signal_generate_layout()
+            .unwrap();
+        assert_eq!(
+            (signal.sig, signal.code, signal.pid, signal.group, signal.result),
+            (8, 16, 36, 40, 44),
+            "{kernel}"
+        );
+        let exit = format(kernel, "kvm", "kvm_userspace_exit")
+            .kvm_userspace_exit_layout()
+            .unwrap();
+        assert_eq!((exit.reason, exit.errno), (8, 12), "{kernel}");
+    }
+}
+
 #[test]
 fn wrong_field_size_and_malformed_lines_are_errors_naming_the_file() {
     let text = "name: kvm_userspace_exit\nID: 42\nformat:\n\tfield:__u64 reason;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:int errno;\toffset:16;\tsize:4;\tsigned:1;\n";
