@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod ebpf_log;
 pub mod events;
 pub mod kernel;
 pub mod live;
