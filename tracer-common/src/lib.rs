@@ -5,6 +5,8 @@
 //! All types are `#[repr(C)]`, contain no padding holes the verifier would
 //! reject reading, and are `aya::Pod` when the `user` feature is on.
 #![no_std]
+// A declared dependency nothing uses fails CI (see tracer/src/lib.rs).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;

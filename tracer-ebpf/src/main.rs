@@ -7,6 +7,14 @@
 //!    reservation failures are counted per CPU and per kind in `RING_DROPS`
 //!    (other program failures in `PROGRAM_FAILURES`).
 //!
+//! Conditions an operator or a kernel developer needs to see when something
+//! is off (a refused map insert, an unreadable field, a full ring, a handler
+//! return without its entry, a window a missed return left open) are counted
+//! as above and also logged through aya-log. The loader sets aya-log's
+//! level global to 0 unless `--ebpf-log` or `RUST_LOG` asks for the
+//! messages; the level is read-only data, so the verifier drops the logging
+//! code and the programs run as if it were not there.
+//!
 //! The punishment primitives (`msleep_interruptible`, `down_interruptible`)
 //! are called from all over the kernel; their return probes only report while
 //! the current thread is inside a split-lock handler (`SPLIT_LOCK_WINDOW`,
@@ -25,6 +33,7 @@ use core::{
 };
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
         BPF_F_CURRENT_CPU, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_RB_RING_SIZE, bpf_perf_event_value,
@@ -37,6 +46,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerfEventArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
+use aya_log_ebpf::{info, warn};
 use tracer_common::{
     BUS_ADRALN, COMM_LEN, EVENT_KIND_SLOTS, EventHeader, EventKind, FIELD_ABSENT, KVM_RUN_EINTR,
     KvmExitEvent, KvmUserspaceExitEvent, MAX_THREADS, PROGRAM_FAILURE_SLOTS, ProgramFailure,
@@ -126,20 +136,30 @@ fn count_failure(failure: ProgramFailure) {
     count_in_slot(&PROGRAM_FAILURES, failure as u32);
 }
 
+/// The counter map refused an entry for `tid`.
 #[inline(always)]
-fn count_counter_failure() {
+fn count_counter_failure<C: EbpfContext>(ctx: &C, tid: u32) {
     count_failure(ProgramFailure::CounterInsert);
+    warn!(
+        ctx,
+        "THREAD_COUNTERS refused an entry for tid {}: its counts are missing", tid
+    );
 }
 
-/// An event lost because one of its fields could not be read.
+/// An event lost because one of its fields (`what`) could not be read.
 #[inline(always)]
-fn count_unreadable() {
+fn count_unreadable<C: EbpfContext>(ctx: &C, what: &'static str) {
     count_failure(ProgramFailure::FieldRead);
+    warn!(ctx, "{} could not be read: the event was dropped", what);
 }
 
 #[inline(always)]
-fn count_drop(kind: EventKind) {
+fn count_drop<C: EbpfContext>(ctx: &C, kind: EventKind) {
     count_in_slot(&RING_DROPS, kind as u32);
+    warn!(
+        ctx,
+        "event ring full: an event of kind {} was dropped", kind as u16
+    );
 }
 
 /// The reader is woken once this share of the ring (1/8) holds unread data;
@@ -150,7 +170,7 @@ const WAKEUP_SHARE_SHIFT: u32 = 3;
 
 /// Writes `event` into the ring buffer or counts the drop.
 #[inline(always)]
-fn emit<T: 'static>(kind: EventKind, event: T) {
+fn emit<C: EbpfContext, T: 'static>(ctx: &C, kind: EventKind, event: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(event);
@@ -163,7 +183,7 @@ fn emit<T: 'static>(kind: EventKind, event: T) {
             };
             entry.submit(u64::from(wakeup));
         }
-        None => count_drop(kind),
+        None => count_drop(ctx, kind),
     }
 }
 
@@ -199,9 +219,14 @@ fn counters(tid: u32, create: bool) -> Option<&'static mut ThreadCounters> {
 
 /// Counters of the current thread, with its tgid recorded.
 #[inline(always)]
-fn own_counters(tgid: u32, tid: u32, now: u64) -> Option<&'static mut ThreadCounters> {
+fn own_counters<C: EbpfContext>(
+    ctx: &C,
+    tgid: u32,
+    tid: u32,
+    now: u64,
+) -> Option<&'static mut ThreadCounters> {
     let Some(counters) = counters(tid, true) else {
-        count_counter_failure();
+        count_counter_failure(ctx, tid);
         return None;
     };
     counters.tgid = tgid;
@@ -218,26 +243,39 @@ fn filtered_out(tgid: u32) -> bool {
 // ---------------------------------------------------------------------------
 // Split-lock handlers (kprobes; optional, they need CONFIG_KPROBES).
 
-fn split_lock_entry(kind: EventKind, ip: u64) {
+fn split_lock_entry<C: EbpfContext>(ctx: &C, kind: EventKind, ip: u64) {
     let (tgid, tid) = current_ids();
     if filtered_out(tgid) {
         return;
     }
     let now = now_ns();
-    // A handler's entry opens the window (replacing a stale one whose return
-    // was missed). `split_lock_warn` runs inside the handler: it only opens
-    // the window when the entry probe is missing, so the episode's duration
-    // is measured from the handler's entry, not from the warn.
-    let flags = if matches!(kind, EventKind::SplitLockWarn) {
-        u64::from(BPF_NOEXIST)
-    } else {
-        0
+    // A handler's entry opens the window; `split_lock_warn` runs inside the
+    // handler and only opens it when the entry probe is missing, so the
+    // episode's duration is measured from the handler's entry, not from the
+    // warn. A handler entry that finds a window open replaces it: the
+    // return of the previous one was missed.
+    let opened = match SPLIT_LOCK_WINDOW.insert(tid, now, u64::from(BPF_NOEXIST)) {
+        Err(error) if error == -EEXIST && !matches!(kind, EventKind::SplitLockWarn) => {
+            info!(
+                ctx,
+                "split-lock handler entry on tid {} found the previous window open (its return was missed)",
+                tid
+            );
+            SPLIT_LOCK_WINDOW.insert(tid, now, 0)
+        }
+        Err(error) if error == -EEXIST => Ok(()),
+        other => other,
     };
-    match SPLIT_LOCK_WINDOW.insert(tid, now, flags) {
-        Err(error) if error != -EEXIST => count_failure(ProgramFailure::WindowInsert),
-        _ => {}
+    if let Err(error) = opened {
+        count_failure(ProgramFailure::WindowInsert);
+        warn!(
+            ctx,
+            "SPLIT_LOCK_WINDOW refused an entry for tid {} (error {}): its sleeps are not attributed",
+            tid,
+            error
+        );
     }
-    if let Some(counters) = own_counters(tgid, tid, now) {
+    if let Some(counters) = own_counters(ctx, tgid, tid, now) {
         match kind {
             EventKind::GuestSplitLockEntry => bump(&mut counters.guest_split_lock_traps),
             EventKind::UserSplitLockEntry => bump(&mut counters.user_split_lock_traps),
@@ -245,6 +283,7 @@ fn split_lock_entry(kind: EventKind, ip: u64) {
         }
     }
     emit(
+        ctx,
         kind,
         SplitLockTrapEvent {
             header: header(kind, now, tgid, tid),
@@ -253,7 +292,7 @@ fn split_lock_entry(kind: EventKind, ip: u64) {
     );
 }
 
-fn split_lock_return(kind: EventKind, handled: u64) {
+fn split_lock_return<C: EbpfContext>(ctx: &C, kind: EventKind, handled: u64) {
     let (tgid, tid) = current_ids();
     if filtered_out(tgid) {
         return;
@@ -264,12 +303,20 @@ fn split_lock_return(kind: EventKind, handled: u64) {
         unsafe { *ptr }
     });
     let _ = SPLIT_LOCK_WINDOW.remove(tid);
+    if entered.is_none() {
+        info!(
+            ctx,
+            "split-lock handler return on tid {} without its entry (the entry probe missed it): duration unknown",
+            tid
+        );
+    }
     if handled == 0
-        && let Some(counters) = own_counters(tgid, tid, now)
+        && let Some(counters) = own_counters(ctx, tgid, tid, now)
     {
         bump(&mut counters.split_lock_not_handled);
     }
     emit(
+        ctx,
         kind,
         SplitLockReturnEvent {
             header: header(kind, now, tgid, tid),
@@ -283,6 +330,7 @@ fn split_lock_return(kind: EventKind, handled: u64) {
 #[kprobe]
 pub fn handle_guest_split_lock(ctx: ProbeContext) -> u32 {
     split_lock_entry(
+        &ctx,
         EventKind::GuestSplitLockEntry,
         ctx.arg::<u64>(0).unwrap_or(0),
     );
@@ -291,7 +339,11 @@ pub fn handle_guest_split_lock(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn handle_guest_split_lock_ret(ctx: RetProbeContext) -> u32 {
-    split_lock_return(EventKind::GuestSplitLockReturn, ctx.ret::<u64>() & 0xff);
+    split_lock_return(
+        &ctx,
+        EventKind::GuestSplitLockReturn,
+        ctx.ret::<u64>() & 0xff,
+    );
     0
 }
 
@@ -303,31 +355,39 @@ pub fn handle_user_split_lock(ctx: ProbeContext) -> u32 {
         unsafe { bpf_probe_read_kernel((regs as usize + PT_REGS_IP_OFFSET) as *const u64) }
             .unwrap_or(0)
     });
-    split_lock_entry(EventKind::UserSplitLockEntry, ip);
+    split_lock_entry(&ctx, EventKind::UserSplitLockEntry, ip);
     0
 }
 
 #[kretprobe]
 pub fn handle_user_split_lock_ret(ctx: RetProbeContext) -> u32 {
-    split_lock_return(EventKind::UserSplitLockReturn, ctx.ret::<u64>() & 0xff);
+    split_lock_return(
+        &ctx,
+        EventKind::UserSplitLockReturn,
+        ctx.ret::<u64>() & 0xff,
+    );
     0
 }
 
 /// `static void split_lock_warn(unsigned long ip)`: the misery path.
 #[kprobe]
 pub fn split_lock_warn(ctx: ProbeContext) -> u32 {
-    split_lock_entry(EventKind::SplitLockWarn, ctx.arg::<u64>(0).unwrap_or(0));
+    split_lock_entry(
+        &ctx,
+        EventKind::SplitLockWarn,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    );
     0
 }
 
-fn punishment_return(kind: EventKind, retval: i64) {
+fn punishment_return<C: EbpfContext>(ctx: &C, kind: EventKind, retval: i64) {
     let (tgid, tid) = current_ids();
     // Only inside a split-lock handler: these functions run everywhere.
     if SPLIT_LOCK_WINDOW.get_ptr(tid).is_none() {
         return;
     }
     let now = now_ns();
-    if let Some(counters) = own_counters(tgid, tid, now) {
+    if let Some(counters) = own_counters(ctx, tgid, tid, now) {
         let field = match (kind, retval) {
             (EventKind::MsleepInterruptibleReturn, 0) => &mut counters.sleeps_completed,
             (EventKind::MsleepInterruptibleReturn, _) => &mut counters.sleeps_interrupted,
@@ -337,6 +397,7 @@ fn punishment_return(kind: EventKind, retval: i64) {
         bump(field);
     }
     emit(
+        ctx,
         kind,
         PunishmentReturnEvent {
             header: header(kind, now, tgid, tid),
@@ -349,6 +410,7 @@ fn punishment_return(kind: EventKind, retval: i64) {
 #[kretprobe]
 pub fn msleep_interruptible_ret(ctx: RetProbeContext) -> u32 {
     punishment_return(
+        &ctx,
         EventKind::MsleepInterruptibleReturn,
         ctx.ret::<u64>() as i64,
     );
@@ -359,6 +421,7 @@ pub fn msleep_interruptible_ret(ctx: RetProbeContext) -> u32 {
 #[kretprobe]
 pub fn down_interruptible_ret(ctx: RetProbeContext) -> u32 {
     punishment_return(
+        &ctx,
         EventKind::DownInterruptibleReturn,
         i64::from(ctx.ret::<u64>() as i32),
     );
@@ -446,7 +509,8 @@ fn tally_timer_signal() {
 /// `target_tgid` where the program could read it, else by the process the
 /// counters already saw the target in.
 #[inline(always)]
-fn on_signal(
+fn on_signal<C: EbpfContext>(
+    ctx: &C,
     sig: i32,
     errno: i32,
     code: i32,
@@ -489,10 +553,11 @@ fn on_signal(
         None if !(is_timer || is_sigbus) => return,
         // The counter map refused the entry: the event still goes out, and
         // the failure is counted.
-        None => count_counter_failure(),
+        None => count_counter_failure(ctx, target as u32),
     }
     let (tgid, tid) = current_ids();
     emit(
+        ctx,
         EventKind::SignalGenerate,
         SignalGenerateEvent {
             header: header(EventKind::SignalGenerate, now, tgid, tid),
@@ -523,10 +588,11 @@ fn on_signal_tracepoint(ctx: &TracePointContext) {
         read_i32(ctx, layout.code),
         read_i32(ctx, layout.pid),
     ) else {
-        count_unreadable();
+        count_unreadable(ctx, "signal_generate sig, code or pid");
         return;
     };
     on_signal(
+        ctx,
         sig,
         read_i32(ctx, layout.errno).unwrap_or(0),
         code,
@@ -568,7 +634,7 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     let Ok(target) =
         (unsafe { bpf_probe_read_kernel((task + u64::from(pid_offset)) as *const i32) })
     else {
-        count_unreadable();
+        count_unreadable(&ctx, "signal_generate target task_struct.pid");
         return 0;
     };
     let (errno, code) = if info > SEND_SIG_PRIV {
@@ -581,7 +647,7 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
             )
         };
         let (Ok(errno), Ok(code)) = read else {
-            count_unreadable();
+            count_unreadable(&ctx, "signal_generate siginfo si_errno or si_code");
             return 0;
         };
         (errno, code)
@@ -598,6 +664,7 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
         })
         .flatten();
     on_signal(
+        &ctx,
         sig as i32,
         errno,
         code,
@@ -645,7 +712,7 @@ fn on_task_rename(ctx: &TracePointContext) {
     }
     // SAFETY: the offset comes from the event's tracefs format.
     let Ok(comm) = (unsafe { ctx.read_at::<[u8; COMM_LEN]>(layout.newcomm as usize) }) else {
-        count_unreadable();
+        count_unreadable(ctx, "task_rename newcomm");
         return;
     };
     if !VCPU_COMM_PREFIXES
@@ -670,7 +737,7 @@ fn on_task_rename(ctx: &TracePointContext) {
             }
             counters.last_seen_ns = now_ns();
         }
-        None => count_counter_failure(),
+        None => count_counter_failure(ctx, renamed),
     }
 }
 
@@ -692,7 +759,7 @@ fn on_kvm_userspace_exit(ctx: &TracePointContext) {
     let reason = read_u32(ctx, layout.reason);
     let errno = read_i32(ctx, layout.errno).unwrap_or(0);
     let now = now_ns();
-    if let Some(counters) = own_counters(tgid, tid, now) {
+    if let Some(counters) = own_counters(ctx, tgid, tid, now) {
         bump(&mut counters.userspace_exits);
         if errno == KVM_RUN_EINTR {
             bump(&mut counters.userspace_exits_eintr);
@@ -701,6 +768,7 @@ fn on_kvm_userspace_exit(ctx: &TracePointContext) {
         }
     }
     emit(
+        ctx,
         EventKind::KvmUserspaceExit,
         KvmUserspaceExitEvent {
             header: header(EventKind::KvmUserspaceExit, now, tgid, tid),
@@ -736,7 +804,7 @@ fn on_kvm_exit(ctx: &TracePointContext) {
         && intr_info & vmx::INTR_INFO_MATCH_MASK == vmx::INTR_INFO_AC;
     let failed_entry = isa == vmx::ISA_VMX && exit_reason & vmx::EXIT_REASON_FAILED_VMENTRY != 0;
     let now = now_ns();
-    if let Some(counters) = own_counters(tgid, tid, now) {
+    if let Some(counters) = own_counters(ctx, tgid, tid, now) {
         counters.vcpu_id_plus_one = vcpu_id.wrapping_add(1);
         bump(&mut counters.kvm_exits);
         if split_lock {
@@ -747,6 +815,7 @@ fn on_kvm_exit(ctx: &TracePointContext) {
         return;
     }
     emit(
+        ctx,
         EventKind::KvmExit,
         KvmExitEvent {
             header: header(EventKind::KvmExit, now, tgid, tid),

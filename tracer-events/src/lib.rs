@@ -7,6 +7,9 @@
 //! crash-safe [`writer`]. It has no dependency on aya or on the kernel, so
 //! the benchmark, the fuzz target and any other post-processing can read
 //! recordings without building the tracer.
+// A declared dependency nothing uses fails CI (clippy -D warnings); tests
+// link the dev-dependencies too, so the check is on the non-test build.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod cpuinfo;
 pub mod event;

@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::{BufMut as _, BytesMut};
 use thiserror::Error;
 
 use crate::{
@@ -194,7 +195,9 @@ pub struct RecordingWriter {
 
 struct LineFile {
     file: File,
-    pending: Vec<u8>,
+    /// The lines gathered since the last flush: one buffer, reused, frozen
+    /// into one [`bytes::Bytes`] per write.
+    pending: BytesMut,
     pending_lines: u64,
     pending_events: u64,
     committed_bytes: u64,
@@ -211,7 +214,7 @@ impl LineFile {
     fn new(file: File) -> Self {
         Self {
             file,
-            pending: Vec::with_capacity(WRITE_CHUNK * 2),
+            pending: BytesMut::with_capacity(WRITE_CHUNK * 2),
             pending_lines: 0,
             pending_events: 0,
             committed_bytes: 0,
@@ -232,8 +235,8 @@ impl LineFile {
             return false;
         }
         // Serialising our own types cannot fail.
-        serde_json::to_writer(&mut self.pending, record).expect("record serialises");
-        self.pending.push(b'\n');
+        serde_json::to_writer((&mut self.pending).writer(), record).expect("record serialises");
+        self.pending.put_u8(b'\n');
         self.pending_lines += 1;
         self.pending_events += u64::from(is_event);
         if self.pending.len() >= WRITE_CHUNK {
@@ -248,9 +251,10 @@ impl LineFile {
         if self.pending.is_empty() || self.error.is_some() {
             return;
         }
-        match self.file.write_all(&self.pending) {
+        let chunk = self.pending.split().freeze();
+        match self.file.write_all(&chunk) {
             Ok(()) => {
-                self.committed_bytes += self.pending.len() as u64;
+                self.committed_bytes += chunk.len() as u64;
                 self.lines += self.pending_lines;
                 self.events += self.pending_events;
             }
@@ -260,7 +264,10 @@ impl LineFile {
                 self.error = Some(error.to_string());
             }
         }
-        self.pending.clear();
+        // The chunk is the only other owner of the buffer: dropping it lets
+        // the next lines reuse the same memory.
+        drop(chunk);
+        self.pending.reserve(WRITE_CHUNK * 2);
         self.pending_lines = 0;
         self.pending_events = 0;
     }

@@ -74,6 +74,12 @@ pub struct TraceArgs {
     /// Take signals through the perf tracepoint, not the raw one (for comparisons).
     #[arg(long = "no-raw-tracepoint", hide = true)]
     pub no_raw_tracepoint: bool,
+    /// Print the eBPF programs' own diagnostics (refused map inserts,
+    /// unreadable fields, a full ring, handler returns without entries) on
+    /// stderr. Also on when RUST_LOG enables the `tracer_ebpf` target (e.g.
+    /// `RUST_LOG=warn`); off, the programs carry no logging code.
+    #[arg(long = "ebpf-log")]
+    pub ebpf_log: bool,
 }
 
 /// `tracer live`.

@@ -39,6 +39,9 @@ pub struct ViewStatus {
     /// Events traced but not written by the recorder (`--record`).
     #[serde(default)]
     pub recorder_not_written: u64,
+    /// Messages the eBPF programs logged (`--ebpf-log`; 0 when off).
+    #[serde(default)]
+    pub ebpf_log_messages: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
 }
@@ -126,6 +129,13 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
             out,
             "recorder: {} traced events not written (disk too slow or full)",
             status.recorder_not_written
+        );
+    }
+    if status.ebpf_log_messages > 0 {
+        let _ = writeln!(
+            out,
+            "eBPF programs logged {} messages (stderr, `tracer: ebpf`)",
+            status.ebpf_log_messages
         );
     }
     let mut table = Table::new();

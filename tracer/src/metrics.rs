@@ -260,6 +260,13 @@ pub fn encode_metrics(
         "Events received per second over the last interval",
         events,
     );
+    let ebpf_log = Counter::<u64>::default();
+    ebpf_log.inc_by(status.ebpf_log_messages);
+    registry.register(
+        "ebpf_log_messages",
+        "Messages the eBPF programs logged (--ebpf-log or RUST_LOG; 0 when off)",
+        ebpf_log,
+    );
     let attached = Family::<ProbeLabels, Gauge>::default();
     registry.register(
         "probe_attached",

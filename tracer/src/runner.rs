@@ -111,6 +111,11 @@ impl Runner {
             pid: trace.pid,
             ring_bytes: trace.ring_mib.map(|mib| mib << 20),
             no_raw_tracepoint: trace.no_raw_tracepoint,
+            ebpf_log: crate::ebpf_log::wanted_level(
+                trace.ebpf_log,
+                std::env::var("RUST_LOG").ok().as_deref(),
+            )
+            .to_level(),
         };
         let host = HostRoot::live();
         if let Some(pid) = trace.pid
@@ -252,6 +257,11 @@ impl Runner {
             counter_map_full: losses.counter_map_full,
             window_map_full: losses.window_map_full,
             recorder_not_written: 0,
+            ebpf_log_messages: self
+                .session
+                .ebpf_log
+                .messages
+                .load(std::sync::atomic::Ordering::Relaxed),
             elapsed_s: started.elapsed().as_secs_f64(),
         };
         for sink in &self.sinks {

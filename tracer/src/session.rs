@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -21,6 +22,7 @@ use tracer_common::{
 use tracer_events::{KernelCounts, LayoutProblem, LossCounts, ProbeReport, TracingMode};
 
 use crate::{
+    ebpf_log::{self, EbpfLogCounts, EbpfLogger},
     events::{Event, decode},
     kernel::{
         kallsyms::Kallsyms,
@@ -40,6 +42,10 @@ pub struct SessionOptions {
     /// Take signals through the perf tracepoint even where the raw one
     /// would attach (`--no-raw-tracepoint`, for comparisons).
     pub no_raw_tracepoint: bool,
+    /// The most verbose level the eBPF programs log at
+    /// ([`crate::ebpf_log`]; `None` = off, the programs carry no logging
+    /// code after verification).
+    pub ebpf_log: Option<log::Level>,
 }
 
 /// A running tracing session.
@@ -60,6 +66,8 @@ pub struct TraceSession {
     undecodable: LossCounts,
     /// The kernel's own count of timer signals.
     timer_signal_counters: TimerSignalCounters,
+    /// What the eBPF programs logged (zero when logging is off).
+    pub ebpf_log: Arc<EbpfLogCounts>,
 }
 
 /// Checks for root or CAP_BPF + CAP_PERFMON (and CAP_SYS_ADMIN for older kernels).
@@ -182,6 +190,12 @@ pub fn attach_probes(options: &SessionOptions) -> anyhow::Result<AttachedProbes>
     }
     let mut loader = EbpfLoader::new();
     loader.override_global(CONFIG_GLOBAL, &config, true);
+    let log_level = ebpf_log::loader_level(
+        options
+            .ebpf_log
+            .map_or(log::LevelFilter::Off, |level| level.to_level_filter()),
+    );
+    loader.override_global(aya_log::LEVEL, &log_level, true);
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(map_names::EVENTS, bytes);
     }
@@ -240,6 +254,10 @@ impl TraceSession {
             tracefs,
             timer_signal_counters,
         } = attach_probes(options)?;
+        let ebpf_log = Arc::new(EbpfLogCounts::default());
+        if let Some(level) = options.ebpf_log {
+            start_ebpf_logger(&mut ebpf, level, Arc::clone(&ebpf_log))?;
+        }
         let mode = plan::attached_mode(&report).ok_or_else(|| {
             anyhow!(
                 "no useful probe attached (need the kvm tracepoints or the split-lock kprobes):\n{}",
@@ -271,6 +289,7 @@ impl TraceSession {
                 .unwrap_or(tracer_common::DEFAULT_RING_BYTES),
             undecodable: LossCounts::default(),
             timer_signal_counters,
+            ebpf_log,
         })
     }
 
@@ -336,6 +355,20 @@ impl TraceSession {
             }
         }
         out.len() - before
+    }
+
+    /// Size in bytes of each loaded program as the kernel translated it
+    /// (after the verifier removed dead code, such as the logging code
+    /// when the programs' log level is 0); programs whose size the kernel
+    /// does not tell are left out.
+    pub fn translated_sizes(&self) -> BTreeMap<String, u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let size = program.info().ok()?.size_translated()?;
+                Some((name.to_owned(), size))
+            })
+            .collect()
     }
 
     /// Raw fd of the ring buffer (for diagnostics).
@@ -432,4 +465,30 @@ pub fn kernel_counts(counters: &ThreadCounters) -> KernelCounts {
         eintr_exits: counters.userspace_exits_eintr,
         error_exits: counters.userspace_exits_error,
     }
+}
+
+/// Forwards the eBPF programs' log records to [`EbpfLogger`] from a task
+/// of the session's runtime, as they arrive.
+fn start_ebpf_logger(
+    ebpf: &mut Ebpf,
+    level: log::Level,
+    counts: Arc<EbpfLogCounts>,
+) -> anyhow::Result<()> {
+    let logger = aya_log::EbpfLogger::init_with_logger(
+        ebpf,
+        EbpfLogger::new(level.to_level_filter(), counts),
+    )
+    .context("opening the eBPF log ring (aya-log)")?;
+    // SAFETY: the logger owns its ring's map fd, which stays open and the
+    // same for as long as the AsyncFd owns the logger.
+    let mut logger =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .context("registering the eBPF log ring with tokio")?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
 }

@@ -258,6 +258,7 @@ impl Replay {
             counter_map_full: losses.counter_map_full,
             window_map_full: losses.window_map_full,
             recorder_not_written: events_not_written,
+            ebpf_log_messages: 0,
             elapsed_s: elapsed_ns as f64 / 1e9,
         };
         ReplayResult {

@@ -410,12 +410,28 @@ fn overhead(
     };
     let record = ratio(ObserverKind::TracerRecord.label());
     let bpftrace = ratio(ObserverKind::Bpftrace.label());
+    // The in-kernel cost per signal event with the programs' logging on
+    // against off, in the same run: off must be no dearer than on (the
+    // verifier drops the logging code), and on costs nothing while there
+    // is nothing to log.
+    let kernel_ns = |label: &str| {
+        rows.iter()
+            .find(|row| row["condition"] == label)
+            .and_then(|row| row["signal_program_ns_per_event"].as_f64())
+    };
+    let ebpf_log_on_vs_off = kernel_ns(ObserverKind::TracerRecordEbpfLog.label())
+        .zip(kernel_ns(ObserverKind::TracerRecord.label()))
+        .map(|(on, off)| on / off);
     Ok(json!({
         "workload": workload.describe(options.overhead_seconds),
         "rows": rows,
         "record_vs_untraced": record,
         "bpftrace_vs_untraced": bpftrace,
         "record_vs_bpftrace": record.zip(bpftrace).map(|(r, b)| r / b),
+        "ebpf_log_vs_record_throughput": ratio(ObserverKind::TracerRecordEbpfLog.label())
+            .zip(record)
+            .map(|(on, off)| on / off),
+        "ebpf_log_on_vs_off_kernel_ns": ebpf_log_on_vs_off,
         "live_vs_untraced": ratio(ObserverKind::TracerLive.label()),
         "perf_vs_untraced": ratio(ObserverKind::PerfRecord.label()),
     }))
@@ -628,7 +644,9 @@ fn memory_with_many_threads(
             .keys()
             .filter(|&tid| storm_tids.contains(tid))
             .count(),
-        ObserverKind::TracerLive | ObserverKind::PerfRecord => 0,
+        ObserverKind::TracerRecordEbpfLog | ObserverKind::TracerLive | ObserverKind::PerfRecord => {
+            0
+        }
     };
     if let Some(output) = &stopped.output {
         let _ = std::fs::remove_file(output);
@@ -726,7 +744,11 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             .output()
             .is_ok_and(|out| out.status.success())
     };
-    let mut observers = vec![ObserverKind::TracerRecord, ObserverKind::TracerLive];
+    let mut observers = vec![
+        ObserverKind::TracerRecord,
+        ObserverKind::TracerRecordEbpfLog,
+        ObserverKind::TracerLive,
+    ];
     let mut skipped = Vec::new();
     if works("bpftrace") {
         observers.push(ObserverKind::Bpftrace);
@@ -910,10 +932,12 @@ fn render(results: &Value) -> String {
         }
         let _ = writeln!(
             out,
-            "\nRatios of medians: (b)/(a) {}, (d)/(a) {}, (b)/(d) {}.",
+            "\nRatios of medians: (b)/(a) {}, (d)/(a) {}, (b)/(d) {}; `--ebpf-log` on against off: throughput (b2)/(b) {}, in-kernel ns per signal event (b2)/(b) {}.",
             fmt_opt(&section["record_vs_untraced"], 3),
             fmt_opt(&section["bpftrace_vs_untraced"], 3),
             fmt_opt(&section["record_vs_bpftrace"], 3),
+            fmt_opt(&section["ebpf_log_vs_record_throughput"], 3),
+            fmt_opt(&section["ebpf_log_on_vs_off_kernel_ns"], 3),
         );
     }
     out.push_str(

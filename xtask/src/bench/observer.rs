@@ -35,6 +35,9 @@ const PERF_SETTLE: Duration = Duration::from_secs(1);
 pub enum ObserverKind {
     /// `tracer record -o FILE`.
     TracerRecord,
+    /// `tracer record --ebpf-log -o FILE`: the eBPF programs loaded with
+    /// their logging on (nothing to log in a healthy run).
+    TracerRecordEbpfLog,
     /// `tracer live --json` into a pipe that is read and discarded.
     TracerLive,
     /// bpftrace counting the same events per thread.
@@ -48,6 +51,7 @@ impl ObserverKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::TracerRecord => "(b) tracer record",
+            Self::TracerRecordEbpfLog => "(b2) tracer record --ebpf-log",
             Self::TracerLive => "(c) tracer live --json to a pipe",
             Self::Bpftrace => "(d) bpftrace counting the same events",
             Self::PerfRecord => "(e) perf record -a of the same tracepoints",
@@ -110,13 +114,16 @@ pub fn start(
     let started = Instant::now();
     let stdout = Arc::new(Mutex::new(String::new()));
     match kind {
-        ObserverKind::TracerRecord => {
+        ObserverKind::TracerRecord | ObserverKind::TracerRecordEbpfLog => {
             let file = work.join("bench.jsonl");
             let _ = std::fs::remove_file(&file);
             let mut command = Command::new(tracer);
-            command
-                .args(["record", "-d", "1h", "-i", "1h", "-o"])
-                .arg(&file);
+            if kind == ObserverKind::TracerRecordEbpfLog {
+                command.arg("record").arg("--ebpf-log");
+            } else {
+                command.arg("record");
+            }
+            command.args(["-d", "1h", "-i", "1h", "-o"]).arg(&file);
             options.apply(&mut command);
             let mut child = command
                 .stdout(Stdio::null())
