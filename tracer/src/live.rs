@@ -41,6 +41,13 @@ pub struct ViewStatus {
     pub recorder_not_written: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
+    /// `kernel.split_lock_mitigate` in force (`None`: the kernel has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_lock_mitigate: Option<u32>,
+    /// The last change of it, as the header says it
+    /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigation_change: Option<String>,
 }
 
 /// `ViewStatus.mode` as the text the header shows.

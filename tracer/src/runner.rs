@@ -102,6 +102,7 @@ pub struct Runner {
     redactor: Option<Redactor>,
     sinks: Vec<Box<dyn Sink>>,
     quit: Option<tokio::sync::mpsc::Receiver<()>>,
+    split_lock_mitigate: Option<u32>,
 }
 
 impl Runner {
@@ -136,6 +137,7 @@ impl Runner {
         session.track_threads(&vcpus)?;
         let mut model = Model::new();
         model.set_misery_possible(host.misery_possible());
+        let split_lock_mitigate = host.split_lock_mitigate();
         Ok(Self {
             session,
             host,
@@ -145,6 +147,7 @@ impl Runner {
             redactor: None,
             sinks: Vec::new(),
             quit: None,
+            split_lock_mitigate,
         })
     }
 
@@ -253,6 +256,8 @@ impl Runner {
             window_map_full: losses.window_map_full,
             recorder_not_written: 0,
             elapsed_s: started.elapsed().as_secs_f64(),
+            split_lock_mitigate: self.split_lock_mitigate,
+            mitigation_change: None,
         };
         for sink in &self.sinks {
             sink.status(&mut status);

@@ -1,9 +1,12 @@
-//! `tracer live`: the live table (or JSON lines), optionally recording.
+//! `tracer live`: the full-screen view on a terminal, a plain table per
+//! interval on a pipe, or JSON lines; optionally recording.
+
+use std::io::IsTerminal as _;
 
 use crate::{
     cli::LiveArgs,
     runner::runtime,
-    sinks::{RowFilter, json::JsonLines, terminal::TerminalView},
+    sinks::{RowFilter, json::JsonLines, terminal::TerminalView, tui::TuiView},
 };
 
 /// Runs the live view.
@@ -23,12 +26,12 @@ pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
     };
     if args.json {
         runner.add_sink(Box::new(JsonLines::new(filter)));
-    } else {
-        let (view, quit) = TerminalView::new(filter);
-        if let Some(quit) = quit {
-            runner.stop_on(quit);
-        }
+    } else if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        let (view, quit) = TuiView::start(filter, runner.host())?;
+        runner.stop_on(quit);
         runner.add_sink(Box::new(view));
+    } else {
+        runner.add_sink(Box::new(TerminalView::new(filter)));
     }
     runtime.block_on(runner.run())
 }

@@ -103,6 +103,22 @@ impl SplitLockEpisode {
     }
 }
 
+/// Finished episodes kept per thread for the live view's detail pane.
+pub const RECENT_EPISODES: usize = 8;
+
+/// A finished episode as the detail pane's timeline shows it: the trap,
+/// what the punishment did, what cut it short and how KVM_RUN returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    /// The episode.
+    pub episode: SplitLockEpisode,
+    /// The signal generated for the thread inside the handler window
+    /// (`SIGUSR1 timer`), when the punishment was cut short.
+    pub cut_by: Option<String>,
+    /// The next KVM_RUN return after it: (time, errno), 0 = no error.
+    pub kvm_run: Option<(u64, i32)>,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Windows {
     traps: SlidingSum,
@@ -177,6 +193,8 @@ pub struct ThreadState {
     signals: SlidingSum,
     episode: Option<SplitLockEpisode>,
     last_episode: Option<SplitLockEpisode>,
+    /// The last [`RECENT_EPISODES`] finished episodes, oldest first.
+    recent: VecDeque<EpisodeRecord>,
     interrupted_streak: u32,
     streak_ip: Option<u64>,
     last_trap_ns: Option<u64>,
@@ -223,6 +241,7 @@ impl ThreadState {
             signals: SlidingSum::default(),
             episode: None,
             last_episode: None,
+            recent: VecDeque::new(),
             interrupted_streak: 0,
             streak_ip: None,
             last_trap_ns: None,
@@ -245,8 +264,24 @@ impl ThreadState {
         self.is_vcpu || self.totals.traps > 0 || self.killed.is_some()
     }
 
+    /// The last finished episodes, oldest first (at most [`RECENT_EPISODES`]).
+    pub fn recent_episodes(&self) -> impl Iterator<Item = &EpisodeRecord> {
+        self.recent.iter()
+    }
+
     fn close_episode(&mut self, episode: SplitLockEpisode, end_ns: u64) {
         let interrupted = episode.interrupted();
+        if self.recent.len() >= RECENT_EPISODES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(EpisodeRecord {
+            episode: episode.clone(),
+            cut_by: self
+                .window_signal
+                .filter(|_| interrupted)
+                .map(|key| self.kicks.describe(key)),
+            kvm_run: None,
+        });
         self.windows.get().episodes.add(end_ns, 1);
         self.windows
             .get()
@@ -484,6 +519,11 @@ impl ThreadState {
 
     fn apply_userspace_exit(&mut self, ts: u64, reason: u32, errno: i32) {
         self.is_vcpu = true;
+        if let Some(last) = self.recent.back_mut()
+            && last.kvm_run.is_none()
+        {
+            last.kvm_run = Some((ts, errno));
+        }
         self.totals.userspace_exits += 1;
         if let Some((ac_ts, rip)) = self.ac.pending.take() {
             // Inference is for threads the kprobes do not see; with kprobes

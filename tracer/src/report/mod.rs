@@ -259,6 +259,7 @@ impl Replay {
             window_map_full: losses.window_map_full,
             recorder_not_written: events_not_written,
             elapsed_s: elapsed_ns as f64 / 1e9,
+            ..ViewStatus::default()
         };
         ReplayResult {
             status,
