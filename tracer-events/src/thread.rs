@@ -13,6 +13,9 @@ pub enum Verdict {
     Killed,
     /// KVM_RUN returned an internal error, failed entry or shutdown.
     KvmError,
+    /// Was livelocked when a mitigation was applied, and has since
+    /// completed a punishment or stopped trapping (shown for a while).
+    Recovering,
     /// Split-lock traps that complete their punishment: slowed, progressing.
     Throttled,
     /// Active, no split-lock trouble.
@@ -28,6 +31,7 @@ impl Verdict {
             Self::Livelock => "LIVELOCK",
             Self::Killed => "KILLED",
             Self::KvmError => "KVM ERROR",
+            Self::Recovering => "RECOVERING",
             Self::Throttled => "THROTTLED",
             Self::Ok => "OK",
             Self::Idle => "IDLE",

@@ -8,6 +8,7 @@ pub mod events;
 pub mod kernel;
 pub mod live;
 pub mod metrics;
+pub mod mitigation;
 pub mod model;
 pub mod probes;
 pub mod report;

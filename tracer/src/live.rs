@@ -48,6 +48,17 @@ pub struct ViewStatus {
     /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mitigation_change: Option<String>,
+    /// Changes of it seen so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mitigation_changes: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes the field by reference"
+)]
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// `ViewStatus.mode` as the text the header shows.
@@ -91,6 +102,7 @@ fn verdict_color(verdict: Verdict) -> Color {
     match verdict {
         Verdict::Livelock | Verdict::Killed | Verdict::KvmError => Color::Red,
         Verdict::Throttled => Color::Yellow,
+        Verdict::Recovering => Color::Cyan,
         Verdict::Ok => Color::Green,
         Verdict::Idle => Color::Grey,
     }

@@ -686,3 +686,115 @@ fn report_of_endless_or_hostile_input_ends_with_exit_2() {
         );
     }
 }
+
+/// `sysctl kernel.split_lock_mitigate=0` applied in the middle of a
+/// modelled livelock: the value is polled through a fake host root as the
+/// live tracer polls the real one, the change is written as its own
+/// record, and `report` shows it and the vCPU recovering.
+#[test]
+fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
+    use tracer::{kernel::host::HostRoot, mitigation::MitigationWatch};
+    let dir = tempfile::tempdir().unwrap();
+    let sysctl = dir.path().join("root/proc/sys/kernel/split_lock_mitigate");
+    std::fs::create_dir_all(sysctl.parent().unwrap()).unwrap();
+    std::fs::write(&sysctl, "1\n").unwrap();
+    let mut scenario = Scenario::seed_001(250, 1.0, 6000);
+    let change_after_ns = 3_000_000_000;
+    scenario.mitigate = vec![(0, true), (change_after_ns, false)];
+    let events = simulate::run(&scenario).events;
+    let start = events[0].ts_ns;
+    let change_at = scenario.start_ns + change_after_ns;
+    let metadata =
+        simulate::modelled_metadata(std::slice::from_ref(&scenario), ProbeSet::Full, start);
+    let path = dir.path().join("mitigated.jsonl");
+    let writer = RecordingWriter::create(&path, false, metadata, events.len() + 16).unwrap();
+    let mut watch = MitigationWatch::new(HostRoot::new(dir.path().join("root")), start);
+    let mut next_poll = start + 1_000_000_000;
+    let mut applied = false;
+    let mut changes = 0;
+    let end = events.last().unwrap().ts_ns;
+    for event in events {
+        if !applied && event.ts_ns >= change_at {
+            std::fs::write(&sysctl, "0\n").unwrap();
+            applied = true;
+        }
+        while event.ts_ns >= next_poll {
+            if let Some(change) = watch.poll(next_poll) {
+                writer.mitigation(change);
+                changes += 1;
+            }
+            next_poll += 1_000_000_000;
+        }
+        writer.event(event);
+    }
+    assert_eq!(changes, 1);
+    let outcome = writer.finish(Summary::new(end, EndReason::Duration));
+    assert!(outcome.write_error.is_none());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let record = text
+        .lines()
+        .find(|line| line.contains(r#""type":"mitigation""#))
+        .expect("a mitigation record");
+    assert!(
+        record.contains(r#""from":1"#) && record.contains(r#""to":0"#),
+        "{record}"
+    );
+
+    let report = |format: &str| {
+        let output = Command::new(TRACER)
+            .args(["report", "--format", format])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = report("table");
+    assert!(table.contains("mitigation changes"), "{table}");
+    assert!(table.contains("split_lock_mitigate 1 → 0"), "{table}");
+    assert!(table.contains("-> RECOVERING"), "{table}");
+    let recovering = table
+        .lines()
+        .find(|line| line.contains("-> RECOVERING"))
+        .unwrap();
+    assert!(
+        recovering.contains("completed a punishment within"),
+        "{recovering}"
+    );
+    let ftrace = report("ftrace");
+    assert!(
+        ftrace.contains("# MITIGATION split_lock_mitigate 1 → 0"),
+        "{ftrace}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
+    assert_eq!(json["mitigation_changes"][0]["to"], 0, "{json}");
+    assert_eq!(json["status"]["split_lock_mitigate"], 0, "{json}");
+    let verdicts: Vec<&str> = json["verdict_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|change| change["to"].as_str())
+        .collect();
+    let livelock = verdicts.iter().position(|v| *v == "livelock").unwrap();
+    let recovered = verdicts.iter().position(|v| *v == "recovering").unwrap();
+    assert!(livelock < recovered, "{verdicts:?}");
+    // The same recording without the record: no recovery is claimed.
+    let plain = dir.path().join("plain.jsonl");
+    let mut kept = String::new();
+    for line in text
+        .lines()
+        .filter(|line| !line.contains(r#""type":"mitigation""#))
+    {
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    std::fs::write(&plain, kept).unwrap();
+    let output = Command::new(TRACER)
+        .args(["report"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{table}");
+    assert!(!table.contains("RECOVERING"), "{table}");
+}

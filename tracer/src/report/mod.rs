@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use tracer_events::{
-    Event, LossCounts, LostCause, LostRecord, Metadata, Record, Summary, ThreadRow, Verdict,
-    VerdictChange, apply_loss,
+    Event, LossCounts, LostCause, LostRecord, Metadata, MitigationChange, Record, Summary,
+    ThreadRow, Verdict, VerdictChange, apply_loss,
 };
 
 use crate::{
@@ -46,6 +46,8 @@ pub struct Replay {
     next_tick: NextTick,
     /// Every verdict change, in time order.
     pub changes: Vec<VerdictChange>,
+    /// Every mitigation change, in time order.
+    pub mitigations: Vec<MitigationChange>,
     /// Lost records summed by cause and detail.
     pub lost: BTreeMap<(LostCause, Option<String>), u64>,
     /// The summary record, if the recording has one.
@@ -67,6 +69,9 @@ pub struct ReplayResult {
     pub rows: Vec<ThreadRow>,
     /// Verdict changes.
     pub changes: Vec<VerdictChange>,
+    /// Mitigation changes (`mitigation` records).
+    #[serde(default)]
+    pub mitigations: Vec<MitigationChange>,
     /// Losses (from the summary, else summed from `lost` records).
     pub losses: LossCounts,
     /// Events traced but not written by the recorder.
@@ -101,6 +106,7 @@ impl Replay {
             model,
             next_tick: NextTick::NotStarted,
             changes: Vec::new(),
+            mitigations: Vec::new(),
             lost: BTreeMap::new(),
             summary: None,
             events: 0,
@@ -114,6 +120,17 @@ impl Replay {
         match record {
             Record::Event(event) => self.event(event),
             Record::Lost(lost) => self.lost_record(lost),
+            Record::Mitigation(change) => {
+                self.advance_to(change.ts_ns);
+                let misery =
+                    host::misery_possible(change.to, self.metadata.host.kernel_release.as_deref());
+                self.model.mitigation_changed(change, misery);
+                // A hostile recording could repeat it for ever: the model
+                // follows every one, the list keeps the first thousand.
+                if self.mitigations.len() < MAX_LOST_KEYS {
+                    self.mitigations.push(change.clone());
+                }
+            }
             Record::Summary(summary) => {
                 self.advance_to(summary.ts_ns);
                 for vm in &summary.vms {
@@ -259,12 +276,20 @@ impl Replay {
             window_map_full: losses.window_map_full,
             recorder_not_written: events_not_written,
             elapsed_s: elapsed_ns as f64 / 1e9,
-            ..ViewStatus::default()
+            split_lock_mitigate: self
+                .mitigations
+                .last()
+                .map_or(self.metadata.host.split_lock_mitigate, |change| change.to),
+            mitigation_change: self.mitigations.last().map(|change| {
+                crate::mitigation::header_note(change, self.metadata.clock.realtime_offset_ns)
+            }),
+            mitigation_changes: self.mitigations.len() as u64,
         };
         ReplayResult {
             status,
             rows,
             changes: self.changes.clone(),
+            mitigations: self.mitigations.clone(),
             losses,
             events_not_written,
             threads_not_kept: self.model.threads_evicted(),
@@ -278,6 +303,19 @@ pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
     if let Some(note) = threads_not_kept_note(result) {
         out.push_str(&note);
         out.push('\n');
+    }
+    if !result.mitigations.is_empty() {
+        out.push_str("mitigation changes (seconds from start):\n");
+        for change in &result.mitigations {
+            let line = format!(
+                "  {:>9.3}  {} (seen between {:.3} and {:.3})",
+                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+                change.describe(),
+                change.since_ns.saturating_sub(start_ns) as f64 / 1e9,
+                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+            );
+            tracer_events::text::push_line(&mut out, &line);
+        }
     }
     let interesting: Vec<&VerdictChange> = result
         .changes
@@ -344,6 +382,7 @@ pub fn render_json(
         "threads_not_kept": result.threads_not_kept,
         "threads": result.rows,
         "verdict_changes": result.changes,
+        "mitigation_changes": result.mitigations,
         "warnings": warnings,
     })
 }

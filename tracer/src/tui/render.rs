@@ -47,6 +47,9 @@ fn verdict_style(verdict: Verdict) -> Style {
             Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
         }
         Verdict::Throttled => Style::default().fg(Color::Yellow),
+        Verdict::Recovering => Style::default()
+            .fg(Color::Cyan)
+            .add_modifier(Modifier::BOLD),
         Verdict::Ok => Style::default().fg(Color::Green),
         Verdict::Idle => Style::default().fg(Color::DarkGray),
     }
