@@ -52,6 +52,10 @@ pub struct ThreadTotals {
     pub completed_episodes: u64,
     /// Punishment sleeps interrupted.
     pub sleeps_interrupted: u64,
+    /// Punishment sleeps that slept their full time (absent in recordings
+    /// replayed by older versions).
+    #[serde(default)]
+    pub sleeps_completed: u64,
     /// Semaphore waits interrupted.
     pub semaphore_interrupted: u64,
     /// SI_TIMER signals aimed at the thread.

@@ -120,6 +120,13 @@ fn rate(value: f64) -> String {
 
 /// Renders the whole screen: header, table, footer.
 pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
+    let mut out = header(status);
+    out.push_str(&body(rows, style, width));
+    out
+}
+
+/// The header lines: mode, probes, events/s, losses, run time.
+pub fn header(status: &ViewStatus) -> String {
     let mut out = format!(
         "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} skipped by kernel {} | {:.0} s\n",
         status
@@ -147,6 +154,13 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
             status.recorder_not_written
         );
     }
+    out
+}
+
+/// The table of `rows`, the evidence of the stuck ones and, for a
+/// livelock, the mitigations.
+pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
+    let mut out = String::new();
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)

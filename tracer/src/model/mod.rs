@@ -379,6 +379,7 @@ impl ThreadState {
                         self.totals.sleeps_interrupted += 1;
                         StepOutcome::Interrupted
                     } else {
+                        self.totals.sleeps_completed += 1;
                         StepOutcome::Completed
                     };
                     episode.sleep = Some((outcome, *remaining_ms));

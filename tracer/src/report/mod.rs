@@ -4,6 +4,8 @@
 pub mod ftrace;
 #[cfg(feature = "perfetto")]
 pub mod perfetto;
+pub mod story;
+pub mod table;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,8 @@ use crate::{
     model::{MAX_THREADS, Model},
     probes::plan,
 };
+
+use self::story::{Stories, ThreadStory};
 
 /// Besides after every event (for the event's thread), a replay classifies
 /// every thread this often (recorded time), so verdicts that change by
@@ -58,6 +62,8 @@ pub struct Replay {
     pub first_ts: Option<u64>,
     /// Last event time.
     pub last_ts: u64,
+    /// Every thread's story so far.
+    stories: Stories,
 }
 
 /// What a replay ends with.
@@ -81,6 +87,13 @@ pub struct ReplayResult {
     /// verdicts are missing, or restart when they are seen again.
     #[serde(default)]
     pub threads_not_kept: u64,
+    /// Every thread over the whole recording: totals, peak rates, time in
+    /// each verdict, worst and final verdicts.
+    #[serde(default)]
+    pub stories: Vec<ThreadStory>,
+    /// Threads without a story (more than [`story::MAX_STORIES`]).
+    #[serde(default)]
+    pub stories_not_kept: u64,
 }
 
 /// Distinct (cause, detail) pairs of `lost` records kept apart; further
@@ -112,6 +125,7 @@ impl Replay {
             events: 0,
             first_ts: None,
             last_ts: 0,
+            stories: Stories::default(),
         }
     }
 
@@ -163,6 +177,7 @@ impl Replay {
             .model
             .verdict_change_of(event.subject_tid(), event.ts_ns)
         {
+            self.stories.change(&change);
             self.changes.push(change);
         }
     }
@@ -201,7 +216,11 @@ impl Replay {
 
     fn classify_at(&mut self, ts_ns: u64) -> Vec<ThreadRow> {
         let rows = self.model.rows(ts_ns, true);
+        self.stories.classified(ts_ns, &rows);
         let changes = self.model.verdict_changes(ts_ns, &rows);
+        for change in &changes {
+            self.stories.change(change);
+        }
         self.changes.extend(changes);
         rows
     }
@@ -293,67 +312,17 @@ impl Replay {
             losses,
             events_not_written,
             threads_not_kept: self.model.threads_evicted(),
+            stories: self.stories.finish(end),
+            stories_not_kept: self.stories.not_kept(),
         }
     }
 }
 
-/// The `report` table: the live view's screen plus the verdict history.
+/// The `report` table: the story of the whole recording per thread, the
+/// state at its end, mitigation changes and the verdict history
+/// ([`table::render`]).
 pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
-    let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
-    if let Some(note) = threads_not_kept_note(result) {
-        out.push_str(&note);
-        out.push('\n');
-    }
-    if !result.mitigations.is_empty() {
-        out.push_str("mitigation changes (seconds from start):\n");
-        for change in &result.mitigations {
-            let line = format!(
-                "  {:>9.3}  {} (seen between {:.3} and {:.3})",
-                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-                change.describe(),
-                change.since_ns.saturating_sub(start_ns) as f64 / 1e9,
-                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-            );
-            tracer_events::text::push_line(&mut out, &line);
-        }
-    }
-    let interesting: Vec<&VerdictChange> = result
-        .changes
-        .iter()
-        .filter(|change| change.from.is_some() || !matches!(change.to, Verdict::Ok | Verdict::Idle))
-        .collect();
-    if !interesting.is_empty() {
-        out.push_str("verdict changes (seconds from start):\n");
-        for change in interesting {
-            let from = change.from.map_or_else(
-                || "(new)".to_owned(),
-                |verdict| {
-                    if change.from_confirmed {
-                        verdict.label().to_owned()
-                    } else {
-                        format!("{} (inferred)", verdict.label())
-                    }
-                },
-            );
-            let line = format!(
-                "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
-                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-                change.tid,
-                change
-                    .vcpu
-                    .map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
-                from,
-                change.to.label(),
-                if change.confirmed { "" } else { " (inferred)" },
-                change
-                    .reason
-                    .as_ref()
-                    .map_or_else(String::new, |reason| format!(": {reason}"))
-            );
-            tracer_events::text::push_line(&mut out, &line);
-        }
-    }
-    out
+    table::render(result, start_ns)
 }
 
 /// The line that says threads were dropped, when some were.
@@ -382,6 +351,8 @@ pub fn render_json(
         "threads_not_kept": result.threads_not_kept,
         "threads": result.rows,
         "verdict_changes": result.changes,
+        "thread_stories": result.stories,
+        "thread_stories_not_kept": result.stories_not_kept,
         "mitigation_changes": result.mitigations,
         "warnings": warnings,
     })
