@@ -98,66 +98,94 @@ fn summary_table(stories: &[ThreadStory]) -> String {
     table.to_string()
 }
 
-/// One thread's totals, kicks and time in each verdict.
+/// Appends `items` after `lead`, joined by ", ", starting a new line
+/// (indented as the first) before an item that would pass [`TABLE_WIDTH`].
+fn push_wrapped(out: &mut String, lead: &str, items: &[String]) {
+    let indent = " ".repeat(lead.chars().count());
+    let mut line = lead.to_owned();
+    for (index, item) in items.iter().enumerate() {
+        let sep = if index + 1 < items.len() { "," } else { "" };
+        let fresh = line.chars().count() == lead.chars().count()
+            || line.chars().count() == indent.chars().count();
+        if !fresh
+            && line.chars().count() + 1 + item.chars().count() + sep.len() > TABLE_WIDTH.into()
+        {
+            out.push_str(&line);
+            out.push('\n');
+            line.clone_from(&indent);
+        } else if !fresh {
+            line.push(' ');
+        }
+        line.push_str(item);
+        line.push_str(sep);
+    }
+    out.push_str(&line);
+    out.push('\n');
+}
+
+/// One thread's totals, kicks and time in each verdict, in lines that
+/// fit [`TABLE_WIDTH`] (a sender's name from the traced system may not).
 fn thread_details(out: &mut String, story: &ThreadStory, start_ns: u64) {
     let totals = &story.totals;
     push_line(
         out,
         &format!(
-            "tid {} ({}, pid {}): worst {}, final {}{}",
+            "tid {} ({}, pid {}): worst {}, final {}",
             story.tid,
             story.comm,
             story.pid,
             verdict_cell(story.worst),
             verdict_cell(story.last),
-            story.left_ns.map_or_else(String::new, |left| format!(
-                " (left at {:.3} s: silent too long)",
-                seconds(left, start_ns)
-            )),
         ),
     );
+    if let Some(left) = story.left_ns {
+        let _ = writeln!(
+            out,
+            "  left the replay at {:.3} s (silent too long)",
+            seconds(left, start_ns)
+        );
+    }
     let _ = writeln!(
         out,
-        "  traps {} (warns {}, #AC VM exits {}); punishments interrupted {}, completed {}",
-        totals.traps,
-        totals.warns,
-        totals.ac_vm_exits,
-        totals.interrupted_episodes,
-        totals.completed_episodes
+        "  traps {}, warns {}, #AC VM exits {}, cut without a signal {}",
+        totals.traps, totals.warns, totals.ac_vm_exits, totals.cut_without_signal
     );
     let _ = writeln!(
         out,
-        "  sleeps interrupted {}, completed {}; semaphore EINTR {}; cut without a signal {}",
-        totals.sleeps_interrupted,
-        totals.sleeps_completed,
-        totals.semaphore_interrupted,
-        totals.cut_without_signal
+        "  punishments interrupted {}, completed {}",
+        totals.interrupted_episodes, totals.completed_episodes
     );
     let _ = writeln!(
         out,
-        "  signals {} (timer {}, other {}); KVM_RUN returns {}: EINTR {}, errors {}",
+        "  sleeps interrupted {}, completed {}; semaphore EINTR {}",
+        totals.sleeps_interrupted, totals.sleeps_completed, totals.semaphore_interrupted
+    );
+    let _ = writeln!(
+        out,
+        "  signals {} (timer {}, other {})",
         totals.timer_signals + totals.other_signals,
         totals.timer_signals,
-        totals.other_signals,
-        totals.userspace_exits,
-        totals.eintr_exits,
-        totals.error_exits
+        totals.other_signals
+    );
+    let _ = writeln!(
+        out,
+        "  KVM_RUN returns {}: EINTR {}, errors {}",
+        totals.userspace_exits, totals.eintr_exits, totals.error_exits
     );
     for kick in &story.kicks {
-        let sender = kick
-            .sender
-            .as_ref()
-            .map_or_else(String::new, |sender| format!(" from {sender}"));
         push_line(
             out,
             &format!(
-                "  kick {} via {}{sender}: {} signals, cut {} punishments short",
+                "  kick {} via {}: {} signals, cut {} punishments short",
                 kick.signal,
                 kick.kind.short_label(),
                 kick.count,
                 kick.cut
             ),
         );
+        if let Some(sender) = &kick.sender {
+            push_line(out, &format!("    from {sender}"));
+        }
     }
     let spent: Vec<String> = story
         .time_in_verdict
@@ -165,7 +193,7 @@ fn thread_details(out: &mut String, story: &ThreadStory, start_ns: u64) {
         .map(|time| format!("{} {:.3} s", time.verdict.label(), time.ns as f64 / 1e9))
         .collect();
     if !spent.is_empty() {
-        let _ = writeln!(out, "  time in verdict: {}", spent.join(", "));
+        push_wrapped(out, "  time in verdict: ", &spent);
     }
 }
 
