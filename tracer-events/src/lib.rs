@@ -30,8 +30,8 @@ pub use loss::{LayoutProblem, LossCounts, LostCause, LostRecord, apply_loss, los
 pub use probe::{ProbeKind, ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode};
 pub use reader::{ReadError, RecordingReader};
 pub use record::{
-    ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Record, Summary,
-    TracerIdentity, clock_ns,
+    ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, MitigationChange,
+    Record, SPLIT_LOCK_MITIGATE, Summary, TracerIdentity, clock_ns,
 };
 pub use thread::{KernelCounts, KickRow, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 

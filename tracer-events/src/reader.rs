@@ -286,6 +286,20 @@ impl<R: BufRead> RecordingReader<R> {
                 self.check_count("a lost record's count", lost.count)?;
                 self.latest_ns = Some(self.latest_ns.unwrap_or(0).max(lost.ts_ns));
             }
+            Record::Mitigation(change) => {
+                self.check_time(
+                    "a mitigation record's ts_ns",
+                    change.ts_ns,
+                    self.metadata.clock.start_ns,
+                )?;
+                if change.setting.len() > 64 {
+                    return Err(self.invalid(
+                        "a mitigation record's setting of at most 64 bytes".to_owned(),
+                        format!("{} bytes", change.setting.len()),
+                    ));
+                }
+                self.latest_ns = Some(self.latest_ns.unwrap_or(0).max(change.ts_ns));
+            }
             Record::Summary(summary) => {
                 self.check_time(
                     "the summary's ts_ns",

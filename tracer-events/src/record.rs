@@ -158,6 +158,41 @@ impl Summary {
     }
 }
 
+/// The sysctl [`MitigationChange`] records follow.
+pub const SPLIT_LOCK_MITIGATE: &str = "kernel.split_lock_mitigate";
+
+/// A setting the classifier depends on changed while tracing (the tracer
+/// polls it every interval): e.g. `sysctl kernel.split_lock_mitigate=0`
+/// applied during a livelock. Absent from recordings of older tracers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MitigationChange {
+    /// When the tracer saw the new value (CLOCK_MONOTONIC, the interval
+    /// tick that read it: the change happened during the interval before).
+    pub ts_ns: u64,
+    /// Which setting ([`SPLIT_LOCK_MITIGATE`]).
+    pub setting: String,
+    /// The previous reading, which still had `from`: the change happened
+    /// in (`since_ns`, `ts_ns`].
+    pub since_ns: u64,
+    /// The value before (`None`: unreadable or absent).
+    pub from: Option<u32>,
+    /// The value now (`None`: unreadable or absent).
+    pub to: Option<u32>,
+}
+
+impl MitigationChange {
+    /// `split_lock_mitigate 1 → 0` (`n/a` for an absent value).
+    pub fn describe(&self) -> String {
+        let value = |value: Option<u32>| value.map_or_else(|| "n/a".to_owned(), |v| v.to_string());
+        format!(
+            "{} {} → {}",
+            self.setting.trim_start_matches("kernel."),
+            value(self.from),
+            value(self.to)
+        )
+    }
+}
+
 /// One line of a recording.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -168,6 +203,8 @@ pub enum Record {
     Event(Event),
     /// Something was dropped.
     Lost(LostRecord),
+    /// A mitigation setting changed.
+    Mitigation(MitigationChange),
     /// The last line.
     Summary(Box<Summary>),
 }

@@ -13,6 +13,9 @@ pub enum Verdict {
     Killed,
     /// KVM_RUN returned an internal error, failed entry or shutdown.
     KvmError,
+    /// Was livelocked when a mitigation was applied, and has since
+    /// completed a punishment or stopped trapping (shown for a while).
+    Recovering,
     /// Split-lock traps that complete their punishment: slowed, progressing.
     Throttled,
     /// Active, no split-lock trouble.
@@ -28,6 +31,7 @@ impl Verdict {
             Self::Livelock => "LIVELOCK",
             Self::Killed => "KILLED",
             Self::KvmError => "KVM ERROR",
+            Self::Recovering => "RECOVERING",
             Self::Throttled => "THROTTLED",
             Self::Ok => "OK",
             Self::Idle => "IDLE",
@@ -48,6 +52,10 @@ pub struct ThreadTotals {
     pub completed_episodes: u64,
     /// Punishment sleeps interrupted.
     pub sleeps_interrupted: u64,
+    /// Punishment sleeps that slept their full time (absent in recordings
+    /// replayed by older versions).
+    #[serde(default)]
+    pub sleeps_completed: u64,
     /// Semaphore waits interrupted.
     pub semaphore_interrupted: u64,
     /// SI_TIMER signals aimed at the thread.

@@ -351,6 +351,12 @@ impl RecordingWriter {
         }
     }
 
+    /// Queues a `mitigation` record (waits for room: these are rare and
+    /// are the moment a recording proves the diagnosis).
+    pub fn mitigation(&self, change: crate::record::MitigationChange) {
+        let _ = self.queue.send(Message::Record(Record::Mitigation(change)));
+    }
+
     /// Queues a `lost` record (waits for room: these are rare and must not vanish).
     pub fn lost(&self, record: LostRecord) {
         let _ = self.queue.send(Message::Record(Record::Lost(record)));

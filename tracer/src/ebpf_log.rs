@@ -13,7 +13,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -70,12 +70,21 @@ pub fn loader_level(level: LevelFilter) -> u8 {
 pub struct EbpfLogCounts {
     /// Messages received.
     pub messages: AtomicU64,
-    /// Messages received but not printed (over [`PRINTED_PER_SECOND`]).
+    /// Messages received but not printed (over [`PRINTED_PER_SECOND`], or
+    /// while [`Self::hold_stderr`] is on).
     pub not_printed: AtomicU64,
+    /// Set while a full-screen view owns the terminal: messages are kept
+    /// and counted, not printed.
+    held: AtomicBool,
     recent: Mutex<VecDeque<String>>,
 }
 
 impl EbpfLogCounts {
+    /// Stops (`true`) or resumes printing to stderr.
+    pub fn hold_stderr(&self, hold: bool) {
+        self.held.store(hold, Ordering::Relaxed);
+    }
+
     /// The last [`RECENT_KEPT`] messages, oldest first, as printed.
     pub fn recent(&self) -> Vec<String> {
         self.recent
@@ -136,7 +145,7 @@ impl Log for EbpfLogger {
             }
             recent.push_back(line.clone());
         }
-        if self.budget() {
+        if !self.counts.held.load(Ordering::Relaxed) && self.budget() {
             eprintln!("{line}");
         } else {
             self.counts.not_printed.fetch_add(1, Ordering::Relaxed);

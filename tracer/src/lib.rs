@@ -12,6 +12,7 @@ pub mod events;
 pub mod kernel;
 pub mod live;
 pub mod metrics;
+pub mod mitigation;
 pub mod model;
 pub mod probes;
 pub mod report;
@@ -24,6 +25,7 @@ pub mod simulate;
 pub mod sinks;
 #[cfg(any(test, feature = "testkit"))]
 pub mod storm;
+pub mod tui;
 pub mod version;
 
 /// The eBPF object built by `build.rs` (all probes in one object); empty

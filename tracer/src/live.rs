@@ -44,6 +44,24 @@ pub struct ViewStatus {
     pub ebpf_log_messages: u64,
     /// Seconds since start.
     pub elapsed_s: f64,
+    /// `kernel.split_lock_mitigate` in force (`None`: the kernel has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_lock_mitigate: Option<u32>,
+    /// The last change of it, as the header says it
+    /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mitigation_change: Option<String>,
+    /// Changes of it seen so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mitigation_changes: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes the field by reference"
+)]
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// `ViewStatus.mode` as the text the header shows.
@@ -87,6 +105,7 @@ fn verdict_color(verdict: Verdict) -> Color {
     match verdict {
         Verdict::Livelock | Verdict::Killed | Verdict::KvmError => Color::Red,
         Verdict::Throttled => Color::Yellow,
+        Verdict::Recovering => Color::Cyan,
         Verdict::Ok => Color::Green,
         Verdict::Idle => Color::Grey,
     }
@@ -104,6 +123,13 @@ fn rate(value: f64) -> String {
 
 /// Renders the whole screen: header, table, footer.
 pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
+    let mut out = header(status);
+    out.push_str(&body(rows, style, width));
+    out
+}
+
+/// The header lines: mode, probes, events/s, losses, run time.
+pub fn header(status: &ViewStatus) -> String {
     let mut out = format!(
         "split-lock tracer | mode {} | probes {}/{} | {} events/s | lost: ring {} undecodable {} skipped by kernel {} | {:.0} s\n",
         status
@@ -138,6 +164,13 @@ pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16)
             status.ebpf_log_messages
         );
     }
+    out
+}
+
+/// The table of `rows`, the evidence of the stuck ones and, for a
+/// livelock, the mitigations.
+pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
+    let mut out = String::new();
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)

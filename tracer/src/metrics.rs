@@ -61,10 +61,11 @@ struct ProbeLabels {
     target: String,
 }
 
-const VERDICTS: [Verdict; 6] = [
+const VERDICTS: [Verdict; 7] = [
     Verdict::Livelock,
     Verdict::Killed,
     Verdict::KvmError,
+    Verdict::Recovering,
     Verdict::Throttled,
     Verdict::Ok,
     Verdict::Idle,
@@ -75,6 +76,7 @@ fn verdict_name(verdict: Verdict) -> &'static str {
         Verdict::Livelock => "livelock",
         Verdict::Killed => "killed",
         Verdict::KvmError => "kvm_error",
+        Verdict::Recovering => "recovering",
         Verdict::Throttled => "throttled",
         Verdict::Ok => "ok",
         Verdict::Idle => "idle",
@@ -288,6 +290,22 @@ pub fn encode_metrics(
         "mode_full",
         "1 in full mode (kprobes: confirmed verdicts), 0 in tracepoint-only mode",
         full,
+    );
+    if let Some(value) = status.split_lock_mitigate {
+        let mitigate = Gauge::<i64>::default();
+        mitigate.set(i64::from(value));
+        registry.register(
+            "split_lock_mitigate",
+            "kernel.split_lock_mitigate as last read (polled every interval)",
+            mitigate,
+        );
+    }
+    let changes = Counter::<u64>::default();
+    changes.inc_by(status.mitigation_changes);
+    registry.register(
+        "mitigation_changes",
+        "Changes of kernel.split_lock_mitigate seen while tracing",
+        changes,
     );
     let mut out = String::new();
     encode(&mut out, &registry).expect("encoding to a String cannot fail");

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracer_events::{
-    CountedThread, EndReason, Event, LossCounts, ProbeReport, ThreadRow, TracingMode,
-    VerdictChange, redact::Redactor,
+    CountedThread, EndReason, Event, LossCounts, MitigationChange, ProbeReport, ThreadRow,
+    TracingMode, VerdictChange, redact::Redactor,
 };
 
 use crate::{
     cli::TraceArgs,
-    kernel::host::HostRoot,
+    kernel::host::{self, HostRoot},
     live::ViewStatus,
+    mitigation::{MitigationWatch, header_note},
     model::Model,
     probes::plan,
     session::{SessionOptions, TraceSession},
@@ -41,6 +42,8 @@ pub struct Tick<'a> {
     /// Verdicts that changed since the previous tick (tracked once, by the
     /// model).
     pub changes: &'a [VerdictChange],
+    /// Mitigation settings that changed since the previous tick.
+    pub mitigations: &'a [MitigationChange],
 }
 
 /// What every sink sees when the run ends.
@@ -102,6 +105,11 @@ pub struct Runner {
     redactor: Option<Redactor>,
     sinks: Vec<Box<dyn Sink>>,
     quit: Option<tokio::sync::mpsc::Receiver<()>>,
+    mitigation: MitigationWatch,
+    kernel_release: Option<String>,
+    mitigation_note: Option<String>,
+    mitigation_changes: u64,
+    realtime_offset_ns: i64,
 }
 
 impl Runner {
@@ -141,6 +149,9 @@ impl Runner {
         session.track_threads(&vcpus)?;
         let mut model = Model::new();
         model.set_misery_possible(host.misery_possible());
+        let mitigation = MitigationWatch::new(host.clone(), monotonic_now_ns());
+        let kernel_release = host.kernel_release();
+        let realtime_offset_ns = tracer_events::ClockInfo::now().realtime_offset_ns;
         Ok(Self {
             session,
             host,
@@ -150,6 +161,11 @@ impl Runner {
             redactor: None,
             sinks: Vec::new(),
             quit: None,
+            mitigation,
+            kernel_release,
+            mitigation_note: None,
+            mitigation_changes: 0,
+            realtime_offset_ns,
         })
     }
 
@@ -263,6 +279,9 @@ impl Runner {
                 .messages
                 .load(std::sync::atomic::Ordering::Relaxed),
             elapsed_s: started.elapsed().as_secs_f64(),
+            split_lock_mitigate: self.mitigation.value(),
+            mitigation_change: self.mitigation_note.clone(),
+            mitigation_changes: self.mitigation_changes,
         };
         for sink in &self.sinks {
             sink.status(&mut status);
@@ -293,6 +312,15 @@ impl Runner {
         }
         let host = &self.host;
         self.model.expire(now_ns, |tid| host.thread_gone(tid));
+        let mitigations: Vec<MitigationChange> = self.mitigation.poll(now_ns).into_iter().collect();
+        for change in &mitigations {
+            self.model.mitigation_changed(
+                change,
+                host::misery_possible(change.to, self.kernel_release.as_deref()),
+            );
+            self.mitigation_note = Some(header_note(change, self.realtime_offset_ns));
+            self.mitigation_changes += 1;
+        }
         let losses = self.session.losses()?;
         let status = self.status(&losses, events_per_s, started);
         let rows = self.rows(now_ns)?;
@@ -305,6 +333,7 @@ impl Runner {
             losses: &losses,
             probes: &self.session.probes,
             changes: &changes,
+            mitigations: &mitigations,
         };
         for sink in &mut self.sinks {
             sink.tick(&tick)?;
@@ -339,6 +368,7 @@ impl Runner {
                 losses: &losses,
                 probes: &self.session.probes,
                 changes: &changes,
+                mitigations: &[],
             },
             ended_by,
             counted_threads,

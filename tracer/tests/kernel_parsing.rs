@@ -210,7 +210,13 @@ fn captured_debian_6_1_and_6_12_formats_give_the_probe_layouts() {
             .signal_generate_layout()
             .unwrap();
         assert_eq!(
-            (signal.sig, signal.code, signal.pid, signal.group, signal.result),
+            (
+                signal.sig,
+                signal.code,
+                signal.pid,
+                signal.group,
+                signal.result
+            ),
             (8, 16, 36, 40, 44),
             "{kernel}"
         );

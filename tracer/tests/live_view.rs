@@ -94,8 +94,31 @@ fn tmux(args: &[&str]) -> std::process::Output {
         .expect("running tmux")
 }
 
+/// Captures the pane until `done` holds for the screen (or 8 s pass).
+fn wait_for_screen(session: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut screen = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let capture = tmux(&["capture-pane", "-p", "-t", session]);
+        screen = String::from_utf8_lossy(&capture.stdout).into_owned();
+        if done(&screen) {
+            break;
+        }
+    }
+    screen
+}
+
+fn keys(session: &str, keys: &[&str]) {
+    for key in keys {
+        let sent = tmux(&["send-keys", "-t", session, key]);
+        assert!(sent.status.success(), "{sent:?}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
 #[test]
-fn terminal_screen_shows_the_vcpu_and_q_quits() {
+fn terminal_view_at_80x24_answers_the_keys_and_restores_the_terminal() {
     if !have_root("live tmux") || !have_kvm("live tmux") {
         return;
     }
@@ -106,59 +129,99 @@ fn terminal_screen_shows_the_vcpu_and_q_quits() {
         );
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
     let session = format!("tracer-live-{}", std::process::id());
     let pid = std::process::id();
     let worker = std::thread::spawn(|| {
         repro::run(&split_lock_repro(
             Duration::from_millis(3),
-            Duration::from_secs(6),
-            1,
+            Duration::from_secs(12),
+            2,
             TimerMode::PerRun,
         ))
         .unwrap()
     });
-    let command = format!("{TRACER} live -i 500ms -p {pid}");
+    // The shell records the terminal state before and after the view, and
+    // stays so the pane can be read once the view is gone.
+    let dir_path = dir.path().display();
+    let command = format!(
+        "stty -g > {dir_path}/before; {TRACER} live -i 500ms -p {pid}; echo $? > {dir_path}/rc; stty -g > {dir_path}/after; echo VIEW-ENDED; sleep 30"
+    );
     let started = tmux(&[
         "new-session",
         "-d",
         "-s",
         &session,
         "-x",
-        "200",
+        "80",
         "-y",
-        "40",
+        "24",
+        "sh",
+        "-c",
         &command,
     ]);
     assert!(started.status.success(), "{started:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut screen = String::new();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        let capture = tmux(&["capture-pane", "-p", "-t", &session]);
-        screen = String::from_utf8_lossy(&capture.stdout).into_owned();
-        if screen.contains(" OK ") {
-            break;
-        }
+    let finish = |session: &str| {
+        tmux(&["kill-session", "-t", session]);
+    };
+    // A collapsed VM line for this process with its two vCPU threads.
+    let screen = wait_for_screen(&session, |screen| screen.contains("2 vCPUs"));
+    let lines: Vec<&str> = screen.lines().collect();
+    let checks = [
+        lines
+            .first()
+            .is_some_and(|line| line.starts_with("split-lock tracer │")),
+        lines
+            .get(1)
+            .is_some_and(|line| line.contains("split_lock_mitigate")),
+        screen.contains(&format!("pid {pid}")),
+        screen.contains("2 vCPUs"),
+        lines.iter().any(|line| line.contains("q quit")),
+        lines.iter().all(|line| line.chars().count() <= 80),
+    ];
+    if checks.iter().any(|ok| !ok) {
+        finish(&session);
+        panic!("{checks:?}\n{screen}");
     }
-    let report_tid_line = screen.lines().find(|line| line.contains("┆ 0    ┆"));
-    assert!(screen.contains("split-lock tracer | mode"), "{screen}");
-    assert!(screen.contains("(q to quit)"), "{screen}");
-    assert!(
-        report_tid_line.is_some_and(|line| line.contains(" OK ")),
-        "{screen}"
-    );
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let gone = (0..20).any(|_| {
-        std::thread::sleep(Duration::from_millis(200));
-        !tmux(&["has-session", "-t", &session]).status.success()
+    // Enter expands the VM; Down selects vCPU 0; Enter opens its pane.
+    keys(&session, &["Enter"]);
+    let expanded = wait_for_screen(&session, |screen| screen.contains("vCPU 1"));
+    keys(&session, &["Down", "Enter"]);
+    let detail = wait_for_screen(&session, |screen| screen.contains("(Esc closes"));
+    // Esc closes it; / filters on vCPU 1's thread name.
+    keys(&session, &["Escape", "/", "1/KVM", "Enter"]);
+    let filtered = wait_for_screen(&session, |screen| {
+        screen.contains("filter: 1/KVM") && !screen.contains("vCPU 0")
     });
-    if !gone {
-        tmux(&["kill-session", "-t", &session]);
-    }
+    // Esc clears the filter; s sorts by the next column.
+    keys(&session, &["Escape", "s"]);
+    let sorted = wait_for_screen(&session, |screen| screen.contains("NAME▼"));
+    keys(&session, &["q"]);
+    let ended = wait_for_screen(&session, |screen| screen.contains("VIEW-ENDED"));
+    finish(&session);
     let report = worker.join().unwrap();
-    assert!(gone, "q did not quit the live view");
     assert!(
-        screen.contains(&report.vcpus[0].tid.to_string()),
-        "{screen}"
+        expanded.contains("vCPU 0") && expanded.contains("vCPU 1"),
+        "{expanded}"
     );
+    let vcpu0 = report.vcpus.iter().find(|vcpu| vcpu.index == 0).unwrap();
+    assert!(
+        detail.contains(&format!("thread {} (Esc closes", vcpu0.tid)),
+        "{detail}"
+    );
+    assert!(detail.contains("CPU 0/KVM"), "{detail}");
+    assert!(
+        filtered.contains("vCPU 1") && !filtered.contains("vCPU 0"),
+        "{filtered}"
+    );
+    assert!(
+        sorted.contains("NAME▼") && sorted.contains("vCPU 0"),
+        "{sorted}"
+    );
+    // q left the alternate screen: the shell's line is back, the view gone.
+    assert!(ended.contains("VIEW-ENDED"), "{ended}");
+    assert!(!ended.contains("split-lock tracer │"), "{ended}");
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(read("rc").trim(), "0");
+    assert_eq!(read("before"), read("after"), "stty state changed");
 }

@@ -686,3 +686,336 @@ fn report_of_endless_or_hostile_input_ends_with_exit_2() {
         );
     }
 }
+
+/// `sysctl kernel.split_lock_mitigate=0` applied in the middle of a
+/// modelled livelock: the value is polled through a fake host root as the
+/// live tracer polls the real one, the change is written as its own
+/// record, and `report` shows it and the vCPU recovering.
+#[test]
+fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
+    use tracer::{kernel::host::HostRoot, mitigation::MitigationWatch};
+    let dir = tempfile::tempdir().unwrap();
+    let sysctl = dir.path().join("root/proc/sys/kernel/split_lock_mitigate");
+    std::fs::create_dir_all(sysctl.parent().unwrap()).unwrap();
+    std::fs::write(&sysctl, "1\n").unwrap();
+    let mut scenario = Scenario::seed_001(250, 1.0, 6000);
+    let change_after_ns = 3_000_000_000;
+    scenario.mitigate = vec![(0, true), (change_after_ns, false)];
+    let events = simulate::run(&scenario).events;
+    let start = events[0].ts_ns;
+    let change_at = scenario.start_ns + change_after_ns;
+    let metadata =
+        simulate::modelled_metadata(std::slice::from_ref(&scenario), ProbeSet::Full, start);
+    let path = dir.path().join("mitigated.jsonl");
+    let writer = RecordingWriter::create(&path, false, metadata, events.len() + 16).unwrap();
+    let mut watch = MitigationWatch::new(HostRoot::new(dir.path().join("root")), start);
+    let mut next_poll = start + 1_000_000_000;
+    let mut applied = false;
+    let mut changes = 0;
+    let end = events.last().unwrap().ts_ns;
+    for event in events {
+        if !applied && event.ts_ns >= change_at {
+            std::fs::write(&sysctl, "0\n").unwrap();
+            applied = true;
+        }
+        while event.ts_ns >= next_poll {
+            if let Some(change) = watch.poll(next_poll) {
+                writer.mitigation(change);
+                changes += 1;
+            }
+            next_poll += 1_000_000_000;
+        }
+        writer.event(event);
+    }
+    assert_eq!(changes, 1);
+    let outcome = writer.finish(Summary::new(end, EndReason::Duration));
+    assert!(outcome.write_error.is_none());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let record = text
+        .lines()
+        .find(|line| line.contains(r#""type":"mitigation""#))
+        .expect("a mitigation record");
+    assert!(
+        record.contains(r#""from":1"#) && record.contains(r#""to":0"#),
+        "{record}"
+    );
+
+    let report = |format: &str| {
+        let output = Command::new(TRACER)
+            .args(["report", "--format", format])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = report("table");
+    assert!(table.contains("mitigation changes"), "{table}");
+    assert!(table.contains("split_lock_mitigate 1 → 0"), "{table}");
+    assert!(table.contains("-> RECOVERING"), "{table}");
+    let recovering = table
+        .lines()
+        .find(|line| line.contains("-> RECOVERING"))
+        .unwrap();
+    assert!(
+        recovering.contains("completed a punishment within"),
+        "{recovering}"
+    );
+    let ftrace = report("ftrace");
+    assert!(
+        ftrace.contains("# MITIGATION split_lock_mitigate 1 → 0"),
+        "{ftrace}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
+    assert_eq!(json["mitigation_changes"][0]["to"], 0, "{json}");
+    assert_eq!(json["status"]["split_lock_mitigate"], 0, "{json}");
+    let verdicts: Vec<&str> = json["verdict_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|change| change["to"].as_str())
+        .collect();
+    let livelock = verdicts.iter().position(|v| *v == "livelock").unwrap();
+    let recovered = verdicts.iter().position(|v| *v == "recovering").unwrap();
+    assert!(livelock < recovered, "{verdicts:?}");
+    // The same recording without the record: no recovery is claimed.
+    let plain = dir.path().join("plain.jsonl");
+    let mut kept = String::new();
+    for line in text
+        .lines()
+        .filter(|line| !line.contains(r#""type":"mitigation""#))
+    {
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    std::fs::write(&plain, kept).unwrap();
+    let output = Command::new(TRACER)
+        .args(["report"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{table}");
+    assert!(!table.contains("RECOVERING"), "{table}");
+}
+
+/// Counts of one thread's modelled events, taken from the generator's
+/// output itself (not from the model).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counted {
+    traps: u64,
+    warns: u64,
+    sleeps_interrupted: u64,
+    sleeps_completed: u64,
+    semaphore_interrupted: u64,
+    signals: u64,
+    eintr_exits: u64,
+    /// Most traps and EINTR exits in one replay tick: the ticks are 1 s
+    /// apart from the first record, an event at a tick falls in the next.
+    peak_traps: u64,
+    peak_eintr: u64,
+}
+
+fn count_events(events: &[tracer::events::Event], tid: u32, first_ns: u64) -> Counted {
+    use std::collections::BTreeMap;
+    use tracer::events::{EventBody, TrapSource};
+    let mut counted = Counted::default();
+    let mut traps_per_tick: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut eintr_per_tick: BTreeMap<u64, u64> = BTreeMap::new();
+    for event in events.iter().filter(|event| event.subject_tid() == tid) {
+        let tick = (event.ts_ns - first_ns) / tracer::report::REPLAY_TICK_NS;
+        match &event.body {
+            EventBody::SplitLockTrap {
+                source: TrapSource::Warn,
+                ..
+            } => counted.warns += 1,
+            EventBody::SplitLockTrap { .. } => {
+                counted.traps += 1;
+                *traps_per_tick.entry(tick).or_default() += 1;
+            }
+            EventBody::SleepReturn { remaining_ms: 0 } => counted.sleeps_completed += 1,
+            EventBody::SleepReturn { .. } => counted.sleeps_interrupted += 1,
+            EventBody::SemaphoreReturn { retval } if *retval != 0 => {
+                counted.semaphore_interrupted += 1;
+            }
+            EventBody::Signal { .. } => counted.signals += 1,
+            EventBody::UserspaceExit { errno: -4, .. } => {
+                counted.eintr_exits += 1;
+                *eintr_per_tick.entry(tick).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    counted.peak_traps = traps_per_tick.values().copied().max().unwrap_or(0);
+    counted.peak_eintr = eintr_per_tick.values().copied().max().unwrap_or(0);
+    counted
+}
+
+/// A finished recording that ends quiet (the VM was stopped before the
+/// recorder): the rows at its end are IDLE, yet `report` tells the whole
+/// story: totals equal to the generator's counts, peak rates, the time in
+/// each verdict covering the recording, the worst verdict, and every
+/// verdict change the JSON has, in order.
+#[test]
+fn report_of_a_recording_that_ends_quiet_tells_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = Scenario::seed_001(250, 1.0, 4000);
+    let slow = Scenario::seed_001(250, 50.0, 4000).with_identity(4242, 4251, "haos", 1);
+    let scenarios = [stuck, slow];
+    let mut events: Vec<_> = scenarios
+        .iter()
+        .flat_map(|scenario| simulate::run(scenario).events)
+        .collect();
+    events.sort_by_key(|event| (event.ts_ns, event.tid));
+    let first = events[0].ts_ns;
+    let last = events.last().unwrap().ts_ns;
+    // Stopped 5 s after the guest went quiet: longer than any hold.
+    let end = last + 5_000_000_000;
+    let path = dir.path().join("quiet-end.jsonl");
+    let metadata = simulate::modelled_metadata(&scenarios, ProbeSet::Full, first);
+    let writer = RecordingWriter::create(&path, false, metadata, events.len() + 16).unwrap();
+    for event in &events {
+        writer.event(event.clone());
+    }
+    assert!(
+        writer
+            .finish(Summary::new(end, EndReason::Duration))
+            .write_error
+            .is_none()
+    );
+
+    // The replay, in process.
+    let mut reader = RecordingReader::open(&path).unwrap();
+    let mut replay = Replay::new(reader.metadata.clone());
+    while let Some(record) = reader.next_record().unwrap() {
+        replay.apply(&record);
+    }
+    let result = replay.finish();
+    assert!(
+        result.rows.iter().all(|row| row.verdict == Verdict::Idle),
+        "the end is quiet: {:?}",
+        result.rows
+    );
+    assert_eq!(result.stories.len(), 2, "{:?}", result.stories);
+    for (tid, worst) in [(4250, Verdict::Livelock), (4251, Verdict::Throttled)] {
+        let story = result
+            .stories
+            .iter()
+            .find(|story| story.tid == tid)
+            .unwrap();
+        let counted = count_events(&events, tid, first);
+        assert!(counted.traps > 100, "{counted:?}");
+        let totals = &story.totals;
+        assert_eq!(
+            Counted {
+                traps: totals.traps,
+                warns: totals.warns,
+                sleeps_interrupted: totals.sleeps_interrupted,
+                sleeps_completed: totals.sleeps_completed,
+                semaphore_interrupted: totals.semaphore_interrupted,
+                signals: totals.timer_signals + totals.other_signals,
+                eintr_exits: totals.eintr_exits,
+                peak_traps: story.peak_traps_per_s as u64,
+                peak_eintr: story.peak_eintr_per_s as u64,
+            },
+            counted,
+            "tid {tid}"
+        );
+        assert_eq!(
+            story.kicks.iter().map(|kick| kick.count).sum::<u64>(),
+            counted.signals,
+            "{:?}",
+            story.kicks
+        );
+        assert_eq!(story.worst.unwrap().verdict, worst, "{story:?}");
+        assert_eq!(story.last.unwrap().verdict, Verdict::Idle, "{story:?}");
+        assert!(story.time_in(worst) > 2_000_000_000, "{story:?}");
+        assert!(story.time_in(Verdict::Idle) > 0, "{story:?}");
+        let spent: u64 = story.time_in_verdict.iter().map(|time| time.ns).sum();
+        let span = end - first;
+        assert!(
+            span.abs_diff(spent) <= tracer::report::REPLAY_TICK_NS,
+            "tid {tid}: {spent} ns in verdicts, recording {span} ns"
+        );
+        let changes = result.changes.iter().filter(|c| c.tid == tid).count();
+        assert_eq!(story.verdict_changes, changes as u64);
+    }
+
+    // The command's table and JSON.
+    let report = |format: &str| {
+        let output = Command::new(TRACER)
+            .args(["report", "--format", format])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let table = report("table");
+    let json: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
+    let stories = json["thread_stories"].as_array().unwrap();
+    assert_eq!(stories[0]["tid"], 4250, "{json}");
+    assert_eq!(stories[0]["worst"]["verdict"], "livelock", "{json}");
+    assert_eq!(stories[0]["final"]["verdict"], "idle", "{json}");
+    let stuck = count_events(&events, 4250, first);
+    assert_eq!(stories[0]["totals"]["traps"], stuck.traps, "{json}");
+    let row = table
+        .lines()
+        .find(|line| line.trim_start().starts_with("4250 "))
+        .unwrap_or_else(|| panic!("a summary row for 4250:\n{table}"));
+    assert!(row.contains("LIVELOCK -> IDLE"), "{row}");
+    assert!(row.contains(&format!(" {} ", stuck.traps)), "{row}");
+    assert!(row.contains(&format!(" {} ", stuck.peak_traps)), "{row}");
+    assert!(
+        table.contains(&format!(
+            "sleeps interrupted {}, completed {}",
+            stuck.sleeps_interrupted, stuck.sleeps_completed
+        )),
+        "{table}"
+    );
+    assert!(table.contains("mitigations for LIVELOCK"), "{table}");
+    // The summary and the per-thread totals fit 80 columns.
+    for line in table
+        .lines()
+        .skip_while(|line| !line.starts_with("whole recording"))
+        .take_while(|line| !line.starts_with("mitigations for"))
+    {
+        assert!(line.chars().count() <= 80, "wider than 80: {line}");
+    }
+    // The history: every change of the JSON, in order.
+    let history: Vec<&str> = table
+        .lines()
+        .skip_while(|line| !line.starts_with("verdict history"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .collect();
+    let changes = json["verdict_changes"].as_array().unwrap();
+    assert!(changes.len() >= 4, "{changes:?}");
+    assert_eq!(history.len(), changes.len(), "{table}");
+    let start = json["status"]["elapsed_s"].as_f64().unwrap();
+    assert!(start > 8.0, "{start}");
+    for (line, change) in history.iter().zip(changes) {
+        let label = |value: &serde_json::Value| {
+            let verdict: Verdict = serde_json::from_value(value.clone()).unwrap();
+            verdict.label()
+        };
+        let expected = format!(
+            "tid {} vCPU {}: {} -> {}",
+            change["tid"],
+            change["vcpu"],
+            if change["from"].is_null() {
+                "(new)"
+            } else {
+                label(&change["from"])
+            },
+            label(&change["to"])
+        );
+        let seconds = (change["ts_ns"].as_u64().unwrap() - first) as f64 / 1e9;
+        let at: f64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        assert!((at - seconds).abs() < 0.0015, "{line} vs {change}");
+        assert!(
+            line.replace(" (inferred)", "").contains(&expected),
+            "{line} vs {expected}"
+        );
+    }
+}

@@ -32,6 +32,7 @@ impl PerfettoBuilder {
     }
     fn event(&mut self, _: &tracer_events::Event) {}
     fn lost(&mut self, _: &tracer_events::LostRecord) {}
+    fn mitigation(&mut self, _: &tracer_events::MitigationChange) {}
     fn finish(self, _: &[tracer_events::VerdictChange], _: u64) -> Vec<u8> {
         Vec::new()
     }
@@ -81,6 +82,15 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
             (Record::Event(event), ReportFormat::Ftrace) => {
                 text.push_str(&ftrace::event_line(event));
                 text.push('\n');
+            }
+            (Record::Mitigation(change), ReportFormat::Ftrace) => {
+                text.push_str(&ftrace::mitigation_line(change));
+                text.push('\n');
+            }
+            (Record::Mitigation(change), ReportFormat::Perfetto) => {
+                if let Some(builder) = perfetto.as_mut() {
+                    builder.mitigation(change);
+                }
             }
             (Record::Lost(lost), ReportFormat::Ftrace) => {
                 text.push_str(&ftrace::lost_line(lost));

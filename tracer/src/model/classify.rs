@@ -16,7 +16,7 @@ impl ThreadState {
     /// livelock is reported, since a short #AC-to-EINTR gap proves nothing.
     pub fn classify(&self, now_ns: u64, misery_possible: bool) -> (Verdict, bool, Vec<String>) {
         let (verdict, confirmed) = self.verdict(now_ns, misery_possible);
-        let evidence = self.evidence(verdict, now_ns);
+        let evidence = self.evidence(verdict, now_ns, misery_possible);
         (verdict, confirmed, evidence)
     }
 
@@ -33,6 +33,9 @@ impl ThreadState {
         if let Some(state) = livelock {
             return (Verdict::Livelock, state.confirmed);
         }
+        if self.recovered_at(now_ns, misery_possible).is_some() {
+            return (Verdict::Recovering, true);
+        }
         if self.traps_in_window(now_ns) > 0 && !quiet {
             return (Verdict::Throttled, self.totals.traps > 0);
         }
@@ -44,8 +47,28 @@ impl ThreadState {
     }
 
     /// The evidence behind `verdict` (as returned by [`Self::verdict`]).
-    fn evidence(&self, verdict: Verdict, now_ns: u64) -> Vec<String> {
+    fn evidence(&self, verdict: Verdict, now_ns: u64, misery_possible: bool) -> Vec<String> {
         match verdict {
+            Verdict::Recovering => {
+                let Some((change, took_ns)) = self.recovered_at(now_ns, misery_possible) else {
+                    return Vec::new();
+                };
+                let how = if self.recovery.as_ref().is_some_and(|r| r.ended_ns.is_some()) {
+                    "completed a punishment"
+                } else {
+                    "stopped trapping"
+                };
+                vec![
+                    format!(
+                        "livelocked until {change}: {how} within {:.1} s of the change",
+                        took_ns as f64 / 1e9
+                    ),
+                    format!(
+                        "{} punishments completed, {} interrupted in total",
+                        self.totals.completed_episodes, self.totals.interrupted_episodes
+                    ),
+                ]
+            }
             Verdict::KvmError => {
                 let reason = self.kvm_error.clone().unwrap_or_default();
                 let hint = kvm_error_hint(&reason);

@@ -122,6 +122,23 @@ impl Kicks {
             .and_then(|kick| kick.intervals.typical_ms())
     }
 
+    /// `SIGUSR1 timer` or `SIGUSR1 tkill from qemu (pid 1234, main
+    /// thread)`: what the detail pane says cut an episode short.
+    pub fn describe(&self, key: KickKey) -> String {
+        let sender = self
+            .0
+            .iter()
+            .find(|kick| kick.key == key)
+            .and_then(sender_label)
+            .map(|sender| format!(" from {sender}"))
+            .unwrap_or_default();
+        format!(
+            "{} {}{sender}",
+            signal_name(key.sig),
+            key.kind.short_label()
+        )
+    }
+
     /// Rows for display, most frequent first.
     pub fn rows(&self, now_ns: u64) -> Vec<KickRow> {
         let mut rows: Vec<KickRow> = self.0.iter().map(|kick| row(kick, Some(now_ns))).collect();

@@ -51,6 +51,8 @@ pub const QUIET_HOLD_NS: u64 = 2_000_000_000;
 /// The punishment sleep is `msleep_interruptible(10)`: an uninterrupted one
 /// lasts at least 10 ms (kernel.md §1.3/§1.5).
 pub const PUNISHMENT_MIN_NS: u64 = 10_000_000;
+/// How long a thread that recovered after a mitigation shows RECOVERING.
+pub const RECOVERY_HOLD_NS: u64 = 10_000_000_000;
 /// A thread without any event for this long leaves the model.
 pub const THREAD_EXPIRY_NS: u64 = 30_000_000_000;
 /// Most threads kept; the least recently seen go first (the in-kernel
@@ -101,6 +103,22 @@ impl SplitLockEpisode {
     pub fn completed(&self) -> bool {
         self.handled == Some(true) && !self.interrupted()
     }
+}
+
+/// Finished episodes kept per thread for the live view's detail pane.
+pub const RECENT_EPISODES: usize = 8;
+
+/// A finished episode as the detail pane's timeline shows it: the trap,
+/// what the punishment did, what cut it short and how KVM_RUN returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    /// The episode.
+    pub episode: SplitLockEpisode,
+    /// The signal generated for the thread inside the handler window
+    /// (`SIGUSR1 timer`), when the punishment was cut short.
+    pub cut_by: Option<String>,
+    /// The next KVM_RUN return after it: (time, errno), 0 = no error.
+    pub kvm_run: Option<(u64, i32)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -177,6 +195,8 @@ pub struct ThreadState {
     signals: SlidingSum,
     episode: Option<SplitLockEpisode>,
     last_episode: Option<SplitLockEpisode>,
+    /// The last [`RECENT_EPISODES`] finished episodes, oldest first.
+    recent: VecDeque<EpisodeRecord>,
     interrupted_streak: u32,
     streak_ip: Option<u64>,
     last_trap_ns: Option<u64>,
@@ -188,9 +208,24 @@ pub struct ThreadState {
     window_signal: Option<KickKey>,
     ac: AcExitTracker,
     livelock: Option<LivelockState>,
+    /// When the last livelock ended on a completed punishment.
+    livelock_ended_ns: Option<u64>,
+    recovery: Option<Recovery>,
     killed: Option<String>,
     kvm_error: Option<String>,
     failed_entry_reason: Option<u32>,
+}
+
+/// A livelock that a mitigation change may end: set on the threads
+/// livelocked when the change is seen.
+#[derive(Clone, Debug)]
+struct Recovery {
+    /// The change happened after this (the previous reading).
+    since_ns: u64,
+    /// `split_lock_mitigate 1 → 0`.
+    change: String,
+    /// When the livelock ended (a completed punishment), if it has.
+    ended_ns: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -223,6 +258,7 @@ impl ThreadState {
             signals: SlidingSum::default(),
             episode: None,
             last_episode: None,
+            recent: VecDeque::new(),
             interrupted_streak: 0,
             streak_ip: None,
             last_trap_ns: None,
@@ -232,6 +268,8 @@ impl ThreadState {
             window_signal: None,
             ac: AcExitTracker::default(),
             livelock: None,
+            livelock_ended_ns: None,
+            recovery: None,
             killed: None,
             kvm_error: None,
             failed_entry_reason: None,
@@ -245,8 +283,24 @@ impl ThreadState {
         self.is_vcpu || self.totals.traps > 0 || self.killed.is_some()
     }
 
+    /// The last finished episodes, oldest first (at most [`RECENT_EPISODES`]).
+    pub fn recent_episodes(&self) -> impl Iterator<Item = &EpisodeRecord> {
+        self.recent.iter()
+    }
+
     fn close_episode(&mut self, episode: SplitLockEpisode, end_ns: u64) {
         let interrupted = episode.interrupted();
+        if self.recent.len() >= RECENT_EPISODES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(EpisodeRecord {
+            episode: episode.clone(),
+            cut_by: self
+                .window_signal
+                .filter(|_| interrupted)
+                .map(|key| self.kicks.describe(key)),
+            kvm_run: None,
+        });
         self.windows.get().episodes.add(end_ns, 1);
         self.windows
             .get()
@@ -273,7 +327,12 @@ impl ThreadState {
             self.interrupted_streak = 0;
             self.streak_ip = None;
             self.last_completed_ns = Some(end_ns);
-            self.livelock = None;
+            if self.livelock.take().is_some() {
+                self.livelock_ended_ns = Some(end_ns);
+                if let Some(recovery) = &mut self.recovery {
+                    recovery.ended_ns.get_or_insert(end_ns);
+                }
+            }
         }
         self.last_episode = Some(episode);
     }
@@ -320,6 +379,7 @@ impl ThreadState {
                         self.totals.sleeps_interrupted += 1;
                         StepOutcome::Interrupted
                     } else {
+                        self.totals.sleeps_completed += 1;
                         StepOutcome::Completed
                     };
                     episode.sleep = Some((outcome, *remaining_ms));
@@ -407,6 +467,35 @@ impl ThreadState {
             .filter(|state| misery_possible || state.confirmed)
     }
 
+    /// The recovery shown at `now_ns`: (change, seconds it took at most),
+    /// while within [`RECOVERY_HOLD_NS`] of its end. A livelock ends on a
+    /// completed punishment or when the thread stops trapping.
+    fn recovered_at(&self, now_ns: u64, misery_possible: bool) -> Option<(&str, u64)> {
+        let recovery = self.recovery.as_ref()?;
+        let ended = recovery.ended_ns.or_else(|| {
+            (self.effective_livelock(now_ns, misery_possible).is_none() && self.quiet_at(now_ns))
+                .then(|| self.last_trap_ns.unwrap_or(recovery.since_ns))
+        })?;
+        let ended = ended.max(recovery.since_ns);
+        (now_ns.saturating_sub(ended) <= RECOVERY_HOLD_NS)
+            .then(|| (recovery.change.as_str(), ended - recovery.since_ns))
+    }
+
+    /// A mitigation changed (seen at `ts_ns`, after a reading at
+    /// `since_ns`): a thread livelocked then, or whose livelock ended since
+    /// that reading, is watched for its recovery.
+    fn mitigation_changed(&mut self, since_ns: u64, ts_ns: u64, change: &str) {
+        let livelocked = self.livelock.is_some() && !self.quiet_at(ts_ns);
+        let ended_since = self.livelock_ended_ns.filter(|ended| *ended > since_ns);
+        if livelocked || ended_since.is_some() {
+            self.recovery = Some(Recovery {
+                since_ns,
+                change: change.to_owned(),
+                ended_ns: if livelocked { None } else { ended_since },
+            });
+        }
+    }
+
     /// A trap after a quiet spell starts afresh: the old livelock is over.
     fn trap_seen(&mut self, ts: u64) {
         if self.quiet_at(ts) {
@@ -484,6 +573,11 @@ impl ThreadState {
 
     fn apply_userspace_exit(&mut self, ts: u64, reason: u32, errno: i32) {
         self.is_vcpu = true;
+        if let Some(last) = self.recent.back_mut()
+            && last.kvm_run.is_none()
+        {
+            last.kvm_run = Some((ts, errno));
+        }
         self.totals.userspace_exits += 1;
         if let Some((ac_ts, rip)) = self.ac.pending.take() {
             // Inference is for threads the kprobes do not see; with kprobes
@@ -591,6 +685,21 @@ impl Model {
     /// Number of threads tracked.
     pub fn thread_count(&self) -> usize {
         self.threads.len()
+    }
+
+    /// A mitigation setting changed: from now on the classifier uses
+    /// `misery` (as [`Model::set_misery_possible`]), and the threads
+    /// livelocked when it happened are watched for their recovery.
+    pub fn mitigation_changed(
+        &mut self,
+        change: &tracer_events::MitigationChange,
+        misery: Option<bool>,
+    ) {
+        let text = change.describe();
+        for thread in self.threads.values_mut() {
+            thread.mitigation_changed(change.since_ns, change.ts_ns, &text);
+        }
+        self.misery = misery;
     }
 
     /// Records whether the host punishes split locks with the interruptible

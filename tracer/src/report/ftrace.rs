@@ -233,6 +233,17 @@ pub fn event_line(event: &Event) -> String {
     tracer_events::text::escape(&line).into_owned()
 }
 
+/// A `mitigation` record as a comment line.
+pub fn mitigation_line(change: &tracer_events::MitigationChange) -> String {
+    let line = format!(
+        "# MITIGATION {} at {} (after {})",
+        change.describe(),
+        format_ts(change.ts_ns),
+        format_ts(change.since_ns)
+    );
+    tracer_events::text::escape(&line).into_owned()
+}
+
 /// A `lost` record as a comment line.
 pub fn lost_line(lost: &LostRecord) -> String {
     let line = format!(

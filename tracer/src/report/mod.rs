@@ -4,14 +4,16 @@
 pub mod ftrace;
 #[cfg(feature = "perfetto")]
 pub mod perfetto;
+pub mod story;
+pub mod table;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use tracer_events::{
-    Event, LossCounts, LostCause, LostRecord, Metadata, Record, Summary, ThreadRow, Verdict,
-    VerdictChange, apply_loss,
+    Event, LossCounts, LostCause, LostRecord, Metadata, MitigationChange, Record, Summary,
+    ThreadRow, Verdict, VerdictChange, apply_loss,
 };
 
 use crate::{
@@ -20,6 +22,8 @@ use crate::{
     model::{MAX_THREADS, Model},
     probes::plan,
 };
+
+use self::story::{Stories, ThreadStory};
 
 /// Besides after every event (for the event's thread), a replay classifies
 /// every thread this often (recorded time), so verdicts that change by
@@ -46,6 +50,8 @@ pub struct Replay {
     next_tick: NextTick,
     /// Every verdict change, in time order.
     pub changes: Vec<VerdictChange>,
+    /// Every mitigation change, in time order.
+    pub mitigations: Vec<MitigationChange>,
     /// Lost records summed by cause and detail.
     pub lost: BTreeMap<(LostCause, Option<String>), u64>,
     /// The summary record, if the recording has one.
@@ -56,6 +62,8 @@ pub struct Replay {
     pub first_ts: Option<u64>,
     /// Last event time.
     pub last_ts: u64,
+    /// Every thread's story so far.
+    stories: Stories,
 }
 
 /// What a replay ends with.
@@ -67,6 +75,9 @@ pub struct ReplayResult {
     pub rows: Vec<ThreadRow>,
     /// Verdict changes.
     pub changes: Vec<VerdictChange>,
+    /// Mitigation changes (`mitigation` records).
+    #[serde(default)]
+    pub mitigations: Vec<MitigationChange>,
     /// Losses (from the summary, else summed from `lost` records).
     pub losses: LossCounts,
     /// Events traced but not written by the recorder.
@@ -76,6 +87,13 @@ pub struct ReplayResult {
     /// verdicts are missing, or restart when they are seen again.
     #[serde(default)]
     pub threads_not_kept: u64,
+    /// Every thread over the whole recording: totals, peak rates, time in
+    /// each verdict, worst and final verdicts.
+    #[serde(default)]
+    pub stories: Vec<ThreadStory>,
+    /// Threads without a story (more than [`story::MAX_STORIES`]).
+    #[serde(default)]
+    pub stories_not_kept: u64,
 }
 
 /// Distinct (cause, detail) pairs of `lost` records kept apart; further
@@ -101,11 +119,13 @@ impl Replay {
             model,
             next_tick: NextTick::NotStarted,
             changes: Vec::new(),
+            mitigations: Vec::new(),
             lost: BTreeMap::new(),
             summary: None,
             events: 0,
             first_ts: None,
             last_ts: 0,
+            stories: Stories::default(),
         }
     }
 
@@ -114,6 +134,17 @@ impl Replay {
         match record {
             Record::Event(event) => self.event(event),
             Record::Lost(lost) => self.lost_record(lost),
+            Record::Mitigation(change) => {
+                self.advance_to(change.ts_ns);
+                let misery =
+                    host::misery_possible(change.to, self.metadata.host.kernel_release.as_deref());
+                self.model.mitigation_changed(change, misery);
+                // A hostile recording could repeat it for ever: the model
+                // follows every one, the list keeps the first thousand.
+                if self.mitigations.len() < MAX_LOST_KEYS {
+                    self.mitigations.push(change.clone());
+                }
+            }
             Record::Summary(summary) => {
                 self.advance_to(summary.ts_ns);
                 for vm in &summary.vms {
@@ -146,6 +177,7 @@ impl Replay {
             .model
             .verdict_change_of(event.subject_tid(), event.ts_ns)
         {
+            self.stories.change(&change);
             self.changes.push(change);
         }
     }
@@ -184,7 +216,11 @@ impl Replay {
 
     fn classify_at(&mut self, ts_ns: u64) -> Vec<ThreadRow> {
         let rows = self.model.rows(ts_ns, true);
+        self.stories.classified(ts_ns, &rows);
         let changes = self.model.verdict_changes(ts_ns, &rows);
+        for change in &changes {
+            self.stories.change(change);
+        }
         self.changes.extend(changes);
         rows
     }
@@ -260,62 +296,34 @@ impl Replay {
             recorder_not_written: events_not_written,
             ebpf_log_messages: 0,
             elapsed_s: elapsed_ns as f64 / 1e9,
+            split_lock_mitigate: self
+                .mitigations
+                .last()
+                .map_or(self.metadata.host.split_lock_mitigate, |change| change.to),
+            mitigation_change: self.mitigations.last().map(|change| {
+                crate::mitigation::header_note(change, self.metadata.clock.realtime_offset_ns)
+            }),
+            mitigation_changes: self.mitigations.len() as u64,
         };
         ReplayResult {
             status,
             rows,
             changes: self.changes.clone(),
+            mitigations: self.mitigations.clone(),
             losses,
             events_not_written,
             threads_not_kept: self.model.threads_evicted(),
+            stories: self.stories.finish(end),
+            stories_not_kept: self.stories.not_kept(),
         }
     }
 }
 
-/// The `report` table: the live view's screen plus the verdict history.
+/// The `report` table: the story of the whole recording per thread, the
+/// state at its end, mitigation changes and the verdict history
+/// ([`table::render`]).
 pub fn render_table(result: &ReplayResult, start_ns: u64) -> String {
-    let mut out = crate::live::render(&result.status, &result.rows, crate::live::Style::Plain, 200);
-    if let Some(note) = threads_not_kept_note(result) {
-        out.push_str(&note);
-        out.push('\n');
-    }
-    let interesting: Vec<&VerdictChange> = result
-        .changes
-        .iter()
-        .filter(|change| change.from.is_some() || !matches!(change.to, Verdict::Ok | Verdict::Idle))
-        .collect();
-    if !interesting.is_empty() {
-        out.push_str("verdict changes (seconds from start):\n");
-        for change in interesting {
-            let from = change.from.map_or_else(
-                || "(new)".to_owned(),
-                |verdict| {
-                    if change.from_confirmed {
-                        verdict.label().to_owned()
-                    } else {
-                        format!("{} (inferred)", verdict.label())
-                    }
-                },
-            );
-            let line = format!(
-                "  {:>9.3}  tid {} vCPU {}: {} -> {}{}{}",
-                change.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
-                change.tid,
-                change
-                    .vcpu
-                    .map_or_else(|| "-".into(), |vcpu| vcpu.to_string()),
-                from,
-                change.to.label(),
-                if change.confirmed { "" } else { " (inferred)" },
-                change
-                    .reason
-                    .as_ref()
-                    .map_or_else(String::new, |reason| format!(": {reason}"))
-            );
-            tracer_events::text::push_line(&mut out, &line);
-        }
-    }
-    out
+    table::render(result, start_ns)
 }
 
 /// The line that says threads were dropped, when some were.
@@ -344,6 +352,9 @@ pub fn render_json(
         "threads_not_kept": result.threads_not_kept,
         "threads": result.rows,
         "verdict_changes": result.changes,
+        "thread_stories": result.stories,
+        "thread_stories_not_kept": result.stories_not_kept,
+        "mitigation_changes": result.mitigations,
         "warnings": warnings,
     })
 }

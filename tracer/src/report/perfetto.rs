@@ -399,6 +399,17 @@ impl PerfettoBuilder {
         );
     }
 
+    /// A mitigation change: an instant on the tracer's track.
+    pub fn mitigation(&mut self, change: &tracer_events::MitigationChange) {
+        self.track_event(
+            change.ts_ns,
+            TRACER_TRACK,
+            Type::TYPE_INSTANT,
+            Some(format!("MITIGATION {}", change.describe())),
+            vec![annotation_uint("since_ns", change.since_ns)],
+        );
+    }
+
     /// Adds verdict-change instants, closes open slices and flushes the
     /// counters; returns the encoded trace.
     pub fn finish(mut self, changes: &[VerdictChange], end_ns: u64) -> Vec<u8> {

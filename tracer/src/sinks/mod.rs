@@ -1,5 +1,5 @@
 //! The consumers of the collection loop ([`crate::runner::Sink`]), one per
-//! file: the live view on a terminal or a pipe, JSON lines on stdout,
+//! file: the full-screen live view on a terminal, the plain table on a pipe, JSON lines on stdout,
 //! `record`'s progress line, the recorder, and the metrics publisher.
 
 pub mod json;
@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod progress;
 pub mod recorder;
 pub mod terminal;
+pub mod tui;
 
 use tracer_events::ThreadRow;
 

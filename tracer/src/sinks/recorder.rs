@@ -146,6 +146,11 @@ impl Sink for Recorder {
     }
 
     fn tick(&mut self, tick: &Tick<'_>) -> anyhow::Result<()> {
+        if let Some(writer) = &self.writer {
+            for change in tick.mitigations {
+                writer.mitigation(change.clone());
+            }
+        }
         self.losses(tick.losses, tick.now_ns, false);
         self.remember(tick.rows);
         Ok(())

@@ -468,7 +468,7 @@ fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingC
             Record::Summary(last) => summary = Some(last),
             // The summary's loss totals are what is compared; the reader
             // refuses a second meta record.
-            Record::Lost(_) | Record::Meta(_) => {}
+            Record::Lost(_) | Record::Mitigation(_) | Record::Meta(_) => {}
         }
     }
     let summary = summary.with_context(|| {
@@ -684,7 +684,7 @@ fn pattern_onset(path: &Path, probes: &str, from_ns: u64) -> anyhow::Result<Opti
                     return Ok(Some(event.ts_ns));
                 }
             }
-            Record::Lost(_) | Record::Summary(_) | Record::Meta(_) => {}
+            Record::Lost(_) | Record::Mitigation(_) | Record::Summary(_) | Record::Meta(_) => {}
         }
     }
     Ok(None)
