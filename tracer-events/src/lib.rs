@@ -16,6 +16,7 @@ pub mod probe;
 pub mod reader;
 pub mod record;
 pub mod redact;
+pub mod symbols;
 pub mod text;
 pub mod thread;
 pub mod writer;
@@ -30,6 +31,7 @@ pub use record::{
     ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, Record, Summary,
     TracerIdentity, clock_ns,
 };
+pub use symbols::{ResolvedSymbol, SymbolFileInfo};
 pub use thread::{KernelCounts, KickRow, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod simulate;
 pub mod sinks;
 #[cfg(any(test, feature = "testkit"))]
 pub mod storm;
+pub mod symbols;
 pub mod version;
 
 /// The eBPF object built by `build.rs` (all probes in one object); empty

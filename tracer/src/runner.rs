@@ -21,6 +21,7 @@ use crate::{
     model::Model,
     probes::plan,
     session::{SessionOptions, TraceSession},
+    symbols::Symbolizer,
 };
 
 /// What every sink sees at an interval tick.
@@ -102,6 +103,7 @@ pub struct Runner {
     redactor: Option<Redactor>,
     sinks: Vec<Box<dyn Sink>>,
     quit: Option<tokio::sync::mpsc::Receiver<()>>,
+    symbolizer: Symbolizer,
 }
 
 impl Runner {
@@ -112,6 +114,8 @@ impl Runner {
             ring_bytes: trace.ring_mib.map(|mib| mib << 20),
             no_raw_tracepoint: trace.no_raw_tracepoint,
         };
+        // A bad symbol file fails before any probe is loaded.
+        let symbols = trace.symbols.load()?;
         let host = HostRoot::live();
         if let Some(pid) = trace.pid
             && !host.exists(&format!("/proc/{pid}"))
@@ -136,6 +140,8 @@ impl Runner {
         session.track_threads(&vcpus)?;
         let mut model = Model::new();
         model.set_misery_possible(host.misery_possible());
+        let mut symbolizer = Symbolizer::new(symbols);
+        symbolizer.set_vms(&host.vm_threads());
         Ok(Self {
             session,
             host,
@@ -145,6 +151,7 @@ impl Runner {
             redactor: None,
             sinks: Vec::new(),
             quit: None,
+            symbolizer,
         })
     }
 
@@ -156,6 +163,11 @@ impl Runner {
     /// The live host.
     pub fn host(&self) -> &HostRoot {
         &self.host
+    }
+
+    /// The guest symbol files, for the recording's metadata.
+    pub fn guest_symbol_infos(&self) -> Vec<tracer_events::SymbolFileInfo> {
+        self.symbolizer.infos()
     }
 
     /// Replaces VM names with placeholders everywhere (model, sinks),
@@ -232,7 +244,8 @@ impl Runner {
     }
 
     fn apply(&mut self, events: &mut Vec<Event>) {
-        for event in events.drain(..) {
+        for mut event in events.drain(..) {
+            self.symbolizer.symbolize(&mut event);
             self.model.apply(&event);
             for sink in &mut self.sinks {
                 sink.event(&event);
@@ -268,6 +281,7 @@ impl Runner {
             row.kernel = kernel_counts
                 .get(&row.tid)
                 .map(crate::session::kernel_counts);
+            self.symbolizer.annotate_row(row);
         }
         Ok(rows)
     }
@@ -276,6 +290,8 @@ impl Runner {
         let now_ns = monotonic_now_ns();
         for pid in self.model.unnamed_pids() {
             let mut info = self.host.process_info(pid);
+            // Bound by the real VMID and name, before redaction.
+            self.symbolizer.set_process(pid, &info);
             if let Some(redactor) = &mut self.redactor {
                 redactor.process(&mut info);
             }

@@ -34,6 +34,7 @@ fn metadata() -> Metadata {
         pid_filter: None,
         ring_bytes: 1 << 22,
         redacted: false,
+        guest_symbols: Vec::new(),
     }
 }
 
