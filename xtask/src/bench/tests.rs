@@ -46,6 +46,7 @@ fn event(ts_ns: u64, tid: u32, body: EventBody) -> Record {
         tid,
         comm: "storm".into(),
         body,
+        symbol: None,
     })
 }
 
