@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tracer_common::COMM_LEN;
 
+use crate::symbols::ResolvedSymbol;
+
 /// Which kernel function saw a split-lock trap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,6 +182,10 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub body: EventBody,
+    /// The guest symbol of the event's guest IP (`split_lock_trap.ip` of
+    /// a guest trap, `vm_exit.guest_rip`), when `--guest-symbols` resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<Box<ResolvedSymbol>>,
 }
 
 impl Event {

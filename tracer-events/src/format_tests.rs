@@ -24,6 +24,7 @@ fn sample_events(count: u64) -> Vec<Event> {
                 tid: 11,
                 comm: "CPU 0/KVM".into(),
                 body,
+                symbol: None,
             };
             [
                 event(
@@ -73,6 +74,7 @@ fn sample_metadata() -> Metadata {
         pid_filter: None,
         ring_bytes: 1 << 22,
         redacted: false,
+        guest_symbols: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod reader;
 pub mod record;
 pub mod redact;
+pub mod symbols;
 pub mod text;
 pub mod thread;
 pub mod writer;
@@ -33,6 +34,7 @@ pub use record::{
     ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, Metadata, MitigationChange,
     Record, SPLIT_LOCK_MITIGATE, Summary, TracerIdentity, clock_ns,
 };
+pub use symbols::{ResolvedSymbol, SymbolFileInfo};
 pub use thread::{KernelCounts, KickRow, ThreadRow, ThreadTotals, Verdict, VerdictChange};
 
 #[cfg(test)]

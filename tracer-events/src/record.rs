@@ -7,6 +7,7 @@ use crate::{
     host::{HostFacts, VmThreads},
     loss::{LayoutProblem, LossCounts, LostRecord},
     probe::{ProbeReport, TracingMode},
+    symbols::SymbolFileInfo,
     thread::{KernelCounts, ThreadRow},
 };
 
@@ -92,6 +93,10 @@ pub struct Metadata {
     /// Whether hostname, VM names and command lines were replaced.
     #[serde(default)]
     pub redacted: bool,
+    /// Guest symbol files that resolved trapping IPs (`--guest-symbols`);
+    /// `event.symbol.file` indexes this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_symbols: Vec<SymbolFileInfo>,
 }
 
 /// Why the recording ended.

@@ -103,6 +103,9 @@ pub struct ThreadRow {
     pub traps_per_s: f64,
     /// Last trap IP.
     pub last_ip: Option<u64>,
+    /// `last_ip` as a guest symbol (`function+0xoffset`), when resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ip_symbol: Option<String>,
     /// Share of episodes interrupted in the window, percent.
     pub interrupted_pct: Option<f64>,
     /// Signals per second (window).

@@ -80,6 +80,32 @@ pub struct TraceArgs {
     /// `RUST_LOG=warn`); off, the programs carry no logging code.
     #[arg(long = "ebpf-log")]
     pub ebpf_log: bool,
+    /// Guest symbols for the trapping IPs.
+    #[command(flatten)]
+    pub symbols: GuestSymbolArgs,
+}
+
+/// `--guest-symbols` and `--guest-kaslr-offset` (live, record, serve, report).
+#[derive(Debug, Args, Clone, Default)]
+pub struct GuestSymbolArgs {
+    /// A guest's /proc/kallsyms (runtime addresses) or System.map, to show
+    /// trapping guest IPs as `function+0xoffset`; `VM=FILE` (VMID or VM
+    /// name) for one VM, repeatable.
+    #[arg(long = "guest-symbols", value_name = "[VM=]FILE", value_parser = crate::symbols::parse_symbols_arg)]
+    pub files: Vec<crate::symbols::Keyed<PathBuf>>,
+    /// Added to every address of the matching --guest-symbols file (a
+    /// System.map of a guest booted with KASLR); `VM=HEX` per VM.
+    #[arg(long = "guest-kaslr-offset", value_name = "[VM=]HEX", value_parser = crate::symbols::parse_offset_arg)]
+    pub kaslr_offsets: Vec<crate::symbols::Keyed<u64>>,
+}
+
+impl GuestSymbolArgs {
+    /// Loads the files (a bad file is an error naming it and the line).
+    pub fn load(&self) -> anyhow::Result<crate::symbols::GuestSymbols> {
+        use anyhow::Context as _;
+        crate::symbols::GuestSymbols::load(&self.files, &self.kaslr_offsets)
+            .context("loading the --guest-symbols files")
+    }
 }
 
 /// `tracer live`.
@@ -163,6 +189,9 @@ pub struct ReportArgs {
     /// Overwrite an existing output file.
     #[arg(long = "force")]
     pub force: bool,
+    /// Guest symbols (instead of the names the recording carries).
+    #[command(flatten)]
+    pub symbols: GuestSymbolArgs,
 }
 
 /// `tracer serve`.

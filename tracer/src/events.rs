@@ -137,6 +137,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         tid: header.tid,
         comm: Comm::from_bytes(header.comm),
         body,
+        symbol: None,
     })
 }
 

@@ -25,6 +25,7 @@ pub mod simulate;
 pub mod sinks;
 #[cfg(any(test, feature = "testkit"))]
 pub mod storm;
+pub mod symbols;
 pub mod tui;
 pub mod version;
 

@@ -222,10 +222,11 @@ pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
             Cell::new(row.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string())),
             Cell::new(row.tid),
             Cell::new(rate(row.traps_per_s)),
-            Cell::new(
-                row.last_ip
-                    .map_or_else(|| "-".into(), |ip| format!("0x{ip:x}")),
-            ),
+            Cell::new(match (&row.last_ip_symbol, row.last_ip) {
+                (Some(symbol), _) => symbol.clone(),
+                (None, Some(ip)) => format!("0x{ip:x}"),
+                (None, None) => "-".into(),
+            }),
             Cell::new(
                 row.interrupted_pct
                     .map_or_else(|| "-".into(), |pct| format!("{pct:.0}")),

@@ -22,6 +22,7 @@ use crate::{
     model::Model,
     probes::plan,
     session::{SessionOptions, TraceSession},
+    symbols::Symbolizer,
 };
 
 /// What every sink sees at an interval tick.
@@ -110,6 +111,7 @@ pub struct Runner {
     mitigation_note: Option<String>,
     mitigation_changes: u64,
     realtime_offset_ns: i64,
+    symbolizer: Symbolizer,
 }
 
 impl Runner {
@@ -125,6 +127,8 @@ impl Runner {
             )
             .to_level(),
         };
+        // A bad symbol file fails before any probe is loaded.
+        let symbols = trace.symbols.load()?;
         let host = HostRoot::live();
         if let Some(pid) = trace.pid
             && !host.exists(&format!("/proc/{pid}"))
@@ -152,6 +156,8 @@ impl Runner {
         let mitigation = MitigationWatch::new(host.clone(), monotonic_now_ns());
         let kernel_release = host.kernel_release();
         let realtime_offset_ns = tracer_events::ClockInfo::now().realtime_offset_ns;
+        let mut symbolizer = Symbolizer::new(symbols);
+        symbolizer.set_vms(&host.vm_threads());
         Ok(Self {
             session,
             host,
@@ -166,6 +172,7 @@ impl Runner {
             mitigation_note: None,
             mitigation_changes: 0,
             realtime_offset_ns,
+            symbolizer,
         })
     }
 
@@ -177,6 +184,11 @@ impl Runner {
     /// The live host.
     pub fn host(&self) -> &HostRoot {
         &self.host
+    }
+
+    /// The guest symbol files, for the recording's metadata.
+    pub fn guest_symbol_infos(&self) -> Vec<tracer_events::SymbolFileInfo> {
+        self.symbolizer.infos()
     }
 
     /// Replaces VM names with placeholders everywhere (model, sinks),
@@ -253,7 +265,8 @@ impl Runner {
     }
 
     fn apply(&mut self, events: &mut Vec<Event>) {
-        for event in events.drain(..) {
+        for mut event in events.drain(..) {
+            self.symbolizer.symbolize(&mut event);
             self.model.apply(&event);
             for sink in &mut self.sinks {
                 sink.event(&event);
@@ -297,6 +310,7 @@ impl Runner {
             row.kernel = kernel_counts
                 .get(&row.tid)
                 .map(crate::session::kernel_counts);
+            self.symbolizer.annotate_row(row);
         }
         Ok(rows)
     }
@@ -305,6 +319,8 @@ impl Runner {
         let now_ns = monotonic_now_ns();
         for pid in self.model.unnamed_pids() {
             let mut info = self.host.process_info(pid);
+            // Bound by the real VMID and name, before redaction.
+            self.symbolizer.set_process(pid, &info);
             if let Some(redactor) = &mut self.redactor {
                 redactor.process(&mut info);
             }

@@ -168,6 +168,7 @@ impl Emitter<'_> {
             tid: self.scenario.tid,
             comm: self.comm,
             body,
+            symbol: None,
         });
     }
 
@@ -193,6 +194,7 @@ impl Emitter<'_> {
                 group: Some(0),
                 result: Some(0),
             },
+            symbol: None,
         });
     }
 
@@ -443,6 +445,7 @@ pub fn modelled_metadata(scenarios: &[Scenario], probes: ProbeSet, start_ns: u64
         pid_filter: None,
         ring_bytes: tracer_common::DEFAULT_RING_BYTES,
         redacted: false,
+        guest_symbols: Vec::new(),
     }
 }
 

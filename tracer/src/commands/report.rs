@@ -12,6 +12,7 @@ use tracer_events::{
 use crate::{
     cli::{ReportArgs, ReportFormat},
     report::{self, Replay, ftrace},
+    symbols::{GuestSymbolsError, Symbolizer},
 };
 
 #[cfg(feature = "perfetto")]
@@ -62,6 +63,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
                 eprintln!("tracer: {read}");
                 Ok(EXIT_BAD_INPUT)
             }
+            _ if error.downcast_ref::<GuestSymbolsError>().is_some() => {
+                eprintln!("tracer: {error:#}");
+                Ok(EXIT_BAD_INPUT)
+            }
             _ => Err(error),
         },
     }
@@ -69,6 +74,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
 
 fn render(args: &ReportArgs) -> anyhow::Result<i32> {
     let mut reader = RecordingReader::open(&args.file)?;
+    // Files given now replace the names the recording carries.
+    let mut symbolizer = Symbolizer::new(args.symbols.load()?);
+    if symbolizer.has_files() {
+        symbolizer.set_vms(&reader.metadata.vms);
+        reader.metadata.guest_symbols = symbolizer.infos();
+    }
     let mut replay = Replay::new(reader.metadata.clone());
     let mut text = String::new();
     let mut perfetto =
@@ -77,7 +88,10 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
         text.push_str(&ftrace::header(&reader.metadata));
         text.push_str("#\n# TASK-TID [CPU] TIMESTAMP: FUNCTION: DETAILS\n");
     }
-    while let Some(record) = reader.next_record()? {
+    while let Some(mut record) = reader.next_record()? {
+        if let Record::Event(event) = &mut record {
+            symbolizer.symbolize(event);
+        }
         match (&record, args.format) {
             (Record::Event(event), ReportFormat::Ftrace) => {
                 text.push_str(&ftrace::event_line(event));
@@ -113,7 +127,10 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
     for warning in &reader.warnings {
         eprintln!("tracer: warning: {warning}");
     }
-    let result = replay.finish();
+    let mut result = replay.finish();
+    for row in &mut result.rows {
+        symbolizer.annotate_row(row);
+    }
     let start_ns = reader.metadata.clock.start_ns;
     match args.format {
         ReportFormat::Table => {

@@ -210,7 +210,8 @@ impl Kallsyms {
     }
 }
 
-fn parse_line(line: &str) -> Option<KernelSymbol> {
+/// Parses one `ADDRESS TYPE NAME [[MODULE]]` line (kallsyms and System.map).
+pub(crate) fn parse_line(line: &str) -> Option<KernelSymbol> {
     let mut parts = line.split_whitespace();
     let address = u64::from_str_radix(parts.next()?, 16).ok()?;
     let kind_text = parts.next()?;

@@ -26,6 +26,7 @@ impl Model {
                     comm: thread.comm.to_string(),
                     traps_per_s: thread.traps_in_window(now_ns) as f64 / (WINDOW_NS as f64 / 1e9),
                     last_ip: thread.last_ip,
+                    last_ip_symbol: None,
                     interrupted_pct: (episodes > 0)
                         .then(|| interrupted as f64 * 100.0 / episodes as f64),
                     signals_per_s: thread.signals.per_second_at(now_ns),

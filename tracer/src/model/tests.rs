@@ -136,6 +136,7 @@ fn a_single_interrupted_episode_is_not_a_livelock() {
         tid: TID,
         comm: "CPU 0/KVM".into(),
         body,
+        symbol: None,
     };
     let events = vec![
         trap(
@@ -261,6 +262,7 @@ fn vcpu_event(ts: u64, body: EventBody) -> Event {
         tid: TID,
         comm: "CPU 0/KVM".into(),
         body,
+        symbol: None,
     }
 }
 
@@ -458,6 +460,7 @@ fn a_split_locking_host_process_gets_a_row_and_a_verdict() {
         tid: 777,
         comm: "libi86-test".into(),
         body,
+        symbol: None,
     };
     for round in 0..6u64 {
         let t = 1_000_000_000 + round * 5_000_000;

@@ -124,6 +124,17 @@ pub fn header(metadata: &Metadata) -> String {
             vcpus.join(" ")
         );
     }
+    for (index, file) in metadata.guest_symbols.iter().enumerate() {
+        text_line!(
+            out,
+            "# guest symbols {index} for {}: {} sha256 {} kaslr offset 0x{:x} ({} symbols)",
+            file.vm.as_deref().unwrap_or("every VM"),
+            file.path,
+            file.sha256,
+            file.kaslr_offset,
+            file.symbols
+        );
+    }
     out
 }
 
@@ -153,9 +164,14 @@ fn vm_exit_text(exit_reason: u32, intr_info: u32) -> String {
 /// One event as an ftrace-style line.
 pub fn event_line(event: &Event) -> String {
     let what = match &event.body {
-        EventBody::SplitLockTrap { source, ip } => {
-            format!("{}: ip=0x{ip:x}", trap_function(*source))
-        }
+        EventBody::SplitLockTrap { source, ip } => match &event.symbol {
+            Some(symbol) => format!(
+                "{}: ip=0x{ip:x} sym={}",
+                trap_function(*source),
+                symbol.name
+            ),
+            None => format!("{}: ip=0x{ip:x}", trap_function(*source)),
+        },
         EventBody::SplitLockReturn {
             source,
             handled,
@@ -219,8 +235,12 @@ pub fn event_line(event: &Event) -> String {
             vcpu_id,
             ..
         } => format!(
-            "kvm_exit: vcpu {vcpu_id} reason {} rip 0x{guest_rip:x} info1 0x{info1:x} info2 0x{info2:x} intr_info 0x{intr_info:x} error_code 0x{error_code:x}",
-            vm_exit_text(*exit_reason, *intr_info)
+            "kvm_exit: vcpu {vcpu_id} reason {} rip 0x{guest_rip:x}{} info1 0x{info1:x} info2 0x{info2:x} intr_info 0x{intr_info:x} error_code 0x{error_code:x}",
+            vm_exit_text(*exit_reason, *intr_info),
+            event
+                .symbol
+                .as_ref()
+                .map_or_else(String::new, |symbol| format!(" sym={}", symbol.name))
         ),
     };
     let line = format!(

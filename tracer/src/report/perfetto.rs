@@ -304,13 +304,15 @@ impl PerfettoBuilder {
                     TrapSource::Guest => "guest split-lock episode",
                     _ => "host split-lock episode",
                 };
-                self.track_event(
-                    ts,
-                    track,
-                    Type::TYPE_SLICE_BEGIN,
-                    Some(name.into()),
-                    vec![annotation_str("ip", format!("0x{ip:x}"))],
-                );
+                let mut annotations = vec![annotation_str("ip", format!("0x{ip:x}"))];
+                let name = match &event.symbol {
+                    Some(symbol) => {
+                        annotations.push(annotation_str("symbol", symbol.name.clone()));
+                        format!("{name} at {}", symbol.name)
+                    }
+                    None => name.into(),
+                };
+                self.track_event(ts, track, Type::TYPE_SLICE_BEGIN, Some(name), annotations);
                 if let Some(thread) = self.threads.get_mut(&subject) {
                     thread.open_slice = true;
                 }
@@ -379,7 +381,10 @@ impl PerfettoBuilder {
                 ts,
                 track,
                 Type::TYPE_INSTANT,
-                Some(format!("kvm_exit 0x{exit_reason:x}")),
+                Some(match &event.symbol {
+                    Some(symbol) => format!("kvm_exit 0x{exit_reason:x} at {}", symbol.name),
+                    None => format!("kvm_exit 0x{exit_reason:x}"),
+                }),
                 vec![
                     annotation_str("guest_rip", format!("0x{guest_rip:x}")),
                     annotation_str("intr_info", format!("0x{intr_info:x}")),

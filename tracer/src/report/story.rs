@@ -373,6 +373,7 @@ impl Stories {
                 comm: String::new(),
                 traps_per_s: 0.0,
                 last_ip: None,
+                last_ip_symbol: None,
                 interrupted_pct: None,
                 signals_per_s: 0.0,
                 timer_period_ms: None,

@@ -225,6 +225,7 @@ fn exit_of(tid: u32, ts_ns: u64) -> tracer_events::Event {
             reason: 2,
             errno: 0,
         },
+        symbol: None,
     }
 }
 
@@ -362,6 +363,7 @@ fn a_non_vcpu_thread_with_timer_signals_never_shows_up_in_verdict_changes() {
                 group: Some(0),
                 result: Some(0),
             },
+            symbol: None,
         };
         with_signals.push((
             ts_ns,

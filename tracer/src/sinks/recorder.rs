@@ -67,6 +67,7 @@ impl PendingRecording {
             pid_filter,
             ring_bytes: session.ring_bytes,
             redacted: false,
+            guest_symbols: runner.guest_symbol_infos(),
         };
         if let Some(redactor) = runner.redactor() {
             redactor.metadata(&mut metadata);

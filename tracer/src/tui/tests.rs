@@ -26,6 +26,7 @@ fn exit_event(ts_ns: u64, pid: u32, tid: u32, vcpu: u32, errno: i32) -> Event {
             reason: if errno == 0 { 2 } else { 10 },
             errno,
         },
+        symbol: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn modelled_host() -> Screen {
                 tid: 7001,
                 comm: app,
                 body,
+                symbol: None,
             });
         }
     }

@@ -34,6 +34,7 @@ fn metadata() -> Metadata {
         pid_filter: None,
         ring_bytes: 1 << 22,
         redacted: false,
+        guest_symbols: Vec::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn event(ts_ns: u64, tid: u32, body: EventBody) -> Record {
         tid,
         comm: "storm".into(),
         body,
+        symbol: None,
     })
 }
 
