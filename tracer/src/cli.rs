@@ -54,7 +54,7 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Run the seed's KVM reproducer: a guest looping on a split-locked `lock bts`, kicked by a timer signal.
     #[command(
-        after_help = "Example:\n  tracer repro --period 1ms -d 5s\n  tracer repro --sweep 1..20 -d 1s --vcpus 2"
+        after_help = "Example:\n  tracer repro --period 1ms -d 5s\n  tracer repro --sweep 1ms..20ms -d 1s --plot sweep.svg --table sweep.csv\n  tracer repro --sweep 1ms..20ms:2ms --kick tkill -d 2s --vcpus 2"
     )]
     Repro(ReproArgs),
 }
@@ -246,12 +246,25 @@ pub struct ReproArgs {
     /// Timer period (`1ms`, `500us`, plain number = milliseconds).
     #[arg(long = "period", default_value = "1ms", value_parser = parse_duration_millis, conflicts_with = "sweep")]
     pub period: Duration,
-    /// Sweep periods in milliseconds, `FROM..TO` inclusive.
-    #[arg(long = "sweep", value_parser = parse_sweep)]
-    pub sweep: Option<(u64, u64)>,
-    /// Step of the sweep in milliseconds.
-    #[arg(long = "step", default_value_t = 1)]
-    pub step: u64,
+    /// Sweep kick periods `FROM..TO[:STEP]`, both ends inclusive (`1ms..20ms`,
+    /// `1ms..3ms:500us`; plain numbers are milliseconds, so `1..20` works).
+    #[arg(long = "sweep", value_name = "FROM..TO[:STEP]", value_parser = crate::repro::sweep::SweepRange::parse)]
+    pub sweep: Option<crate::repro::sweep::SweepRange>,
+    /// Step of the sweep (default 1 ms), when the range has no `:STEP`.
+    #[arg(long = "step", requires = "sweep", value_parser = parse_duration_millis)]
+    pub step: Option<Duration>,
+    /// With --sweep: write an SVG plot of guest progress, kicks and EINTR
+    /// exits against the period, with the punishment sleep marked (0600).
+    #[arg(long = "plot", value_name = "FILE.svg", requires = "sweep")]
+    pub plot: Option<PathBuf>,
+    /// With --sweep: write the per-period table as CSV to FILE and as JSON
+    /// (with the reproducer's own reports) beside it, FILE with a `.json`
+    /// extension (both 0600).
+    #[arg(long = "table", value_name = "FILE.csv", requires = "sweep")]
+    pub table: Option<PathBuf>,
+    /// Overwrite existing --plot/--table files (symlinks are never followed).
+    #[arg(long = "force")]
+    pub force: bool,
     /// How long to run each period (`5s`, plain seconds).
     #[arg(short = 'd', long = "duration", default_value = "5s", value_parser = parse_positive_duration)]
     pub duration: Duration,
@@ -374,24 +387,6 @@ pub fn parse_duration_millis(text: &str) -> Result<Duration, String> {
     parse_duration_with_default_unit(text, 1e6)
 }
 
-fn parse_sweep(text: &str) -> Result<(u64, u64), String> {
-    let (from, to) = text
-        .split_once("..")
-        .ok_or_else(|| format!("expected FROM..TO in milliseconds, got {text:?}"))?;
-    let from: u64 = from
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad FROM in {text:?}"))?;
-    let to: u64 = to
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad TO in {text:?}"))?;
-    if from == 0 || from > to {
-        return Err(format!("expected 0 < FROM <= TO, got {text:?}"));
-    }
-    Ok((from, to))
-}
-
 fn parse_ring_mib(text: &str) -> Result<u32, String> {
     let mib: u32 = text
         .parse()
@@ -438,10 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn sweep_and_ring_validation() {
-        assert_eq!(parse_sweep("1..20"), Ok((1, 20)));
-        assert!(parse_sweep("5..1").is_err());
-        assert!(parse_sweep("0..3").is_err());
+    fn ring_validation() {
         assert_eq!(parse_ring_mib("8"), Ok(8));
         assert!(parse_ring_mib("3").is_err());
     }

@@ -10,6 +10,8 @@
 //! split-lock detection in warn mode and `kernel.split_lock_mitigate=1`,
 //! periods shorter than the punishment sleep give zero guest progress.
 
+pub mod sweep;
+
 use std::{
     collections::BTreeMap,
     ptr::NonNull,

@@ -2,52 +2,112 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
+use anyhow::{Context as _, bail};
+
 use crate::{
     cli::ReproArgs,
-    repro::{self, ReproConfig, ReproReport},
+    repro::{
+        self, ReproConfig, ReproReport,
+        sweep::{self, SweepHost, SweepRange},
+    },
 };
 
 /// Runs one period or a sweep and prints per-period progress.
 pub fn run(args: &ReproArgs) -> anyhow::Result<i32> {
-    let periods: Vec<std::time::Duration> = match args.sweep {
-        Some((from, to)) => (from..=to)
-            .step_by(args.step.max(1) as usize)
-            .map(std::time::Duration::from_millis)
-            .collect(),
-        None => vec![args.period],
+    let template = ReproConfig {
+        period: args.period,
+        duration: args.duration,
+        vcpus: args.vcpus,
+        signal: args.signal,
+        guest: args.guest,
+        timer_mode: args.timer_mode,
+        kick: args.kick,
     };
-    let mut reports = Vec::new();
-    for period in periods {
-        let config = ReproConfig {
-            period,
-            duration: args.duration,
-            vcpus: args.vcpus,
-            signal: args.signal,
-            guest: args.guest,
-            timer_mode: args.timer_mode,
-            kick: args.kick,
-        };
-        if !args.json {
-            eprintln!(
-                "repro: pid {} period {:?} for {:?} on {} vCPU(s)...",
-                std::process::id(),
-                period,
-                args.duration,
-                args.vcpus
-            );
-        }
-        let report = repro::run(&config)?;
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        }
-        reports.push(report);
+    if let Some(range) = args.sweep {
+        return run_sweep(args, range, &template);
     }
     if !args.json {
-        println!("{}", render(&reports));
-        println!(
-            "On a host with split-lock detection (warn) and kernel.split_lock_mitigate=1, periods below the \
-             punishment sleep show 0 iterations; here every period that shows progress was not livelocked."
-        );
+        announce(&template);
+    }
+    let report = repro::run(&template)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", render(std::slice::from_ref(&report)));
+        println!("{NOTE}");
+    }
+    Ok(0)
+}
+
+const NOTE: &str = "On a host with split-lock detection (warn) and kernel.split_lock_mitigate=1, periods below the \
+     punishment sleep show 0 iterations; here every period that shows progress was not livelocked.";
+
+fn announce(config: &ReproConfig) {
+    eprintln!(
+        "repro: pid {} period {:?} for {:?} on {} vCPU(s)...",
+        std::process::id(),
+        config.period,
+        config.duration,
+        config.vcpus
+    );
+}
+
+fn run_sweep(args: &ReproArgs, range: SweepRange, template: &ReproConfig) -> anyhow::Result<i32> {
+    let periods = range.periods(args.step)?;
+    let table_paths = args
+        .table
+        .as_ref()
+        .map(|csv| {
+            if csv.extension().is_some_and(|ext| ext == "json") {
+                bail!(
+                    "--table takes the CSV path ({} ends in .json; the JSON table is written beside the CSV)",
+                    csv.display()
+                );
+            }
+            Ok((csv.clone(), csv.with_extension("json")))
+        })
+        .transpose()?;
+    // Refuse existing outputs before a sweep of minutes, not after it.
+    let outputs = args
+        .plot
+        .iter()
+        .chain(table_paths.iter().flat_map(|(csv, json)| [csv, json]));
+    for path in outputs {
+        if !args.force && std::fs::symlink_metadata(path).is_ok() {
+            bail!("{} exists (use --force to replace it)", path.display());
+        }
+    }
+    let table = sweep::run(template, &periods, SweepHost::read(), |period| {
+        if !args.json {
+            announce(&ReproConfig {
+                period,
+                ..template.clone()
+            });
+        }
+    })?;
+    if args.json {
+        for report in &table.reports {
+            println!("{}", serde_json::to_string(report)?);
+        }
+    } else {
+        println!("{}", render(&table.reports));
+        for line in table.caption() {
+            println!("{line}");
+        }
+        for (column, reason) in &table.unavailable {
+            println!("{column}: {reason}");
+        }
+    }
+    if let Some((csv, json)) = &table_paths {
+        sweep::write_output(csv, &table.to_csv(), args.force)?;
+        let mut text = serde_json::to_string_pretty(&table).context("encoding the sweep table")?;
+        text.push('\n');
+        sweep::write_output(json, &text, args.force)?;
+        eprintln!("repro: wrote {} and {}", csv.display(), json.display());
+    }
+    if let Some(plot) = &args.plot {
+        sweep::write_output(plot, &table.to_svg()?, args.force)?;
+        eprintln!("repro: wrote {}", plot.display());
     }
     Ok(0)
 }
