@@ -51,7 +51,9 @@ impl MitigationWatch {
 
 /// `HH:MM:SS` local time of a Unix time in ns.
 pub fn wall_clock(unix_ns: i64) -> String {
-    let seconds = (unix_ns / 1_000_000_000) as libc::time_t;
+    // Typed by inference from localtime_r's parameter (`time_t`, whose
+    // alias libc deprecates on musl while its width changes there).
+    let seconds = (unix_ns / 1_000_000_000) as _;
     // SAFETY: localtime_r fills the tm it is given.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&raw const seconds, &raw mut tm) }.is_null() {

@@ -219,3 +219,70 @@ fn prometheus_scrapes_the_vcpu_counters_of_the_reproducer() {
     assert_eq!(verdict, Some(1.0));
     drop(serve);
 }
+
+/// Connections a client opens and never uses cannot take `serve` down:
+/// more idle connections than its limit are opened at once, each one is
+/// closed by the server within the header-read timeout, and `/healthz`
+/// answers again within that time (before, idle connections were kept for
+/// ever and enough of them exhausted its descriptors).
+#[test]
+fn idle_connections_are_closed_and_healthz_keeps_answering() {
+    let name = "idle_connections_are_closed_and_healthz_keeps_answering";
+    if !have_root(name) {
+        return;
+    }
+    let port = free_port();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let _serve = Killed(
+        Command::new(TRACER)
+            .args(["serve", "-i", "200ms", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while get(&healthz).as_deref() != Ok("ok\n") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let limit = tracer::sinks::metrics::MAX_CONNECTIONS;
+    let timeout = tracer::sinks::metrics::HEADER_READ_TIMEOUT;
+    let mut idle: Vec<std::net::TcpStream> = (0..limit + 100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let opened = Instant::now();
+    // Every idle connection is closed by the server (EOF on read) within
+    // the timeout and a little slack.
+    let slack = Duration::from_secs(3);
+    for stream in &mut idle {
+        let left = (timeout + slack).saturating_sub(opened.elapsed());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match std::io::Read::read(stream, &mut byte) {
+            Ok(0) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!(
+                "an idle connection was still open {:?} after it was opened: {other:?}",
+                opened.elapsed()
+            ),
+        }
+    }
+    // And the server answers again while the clients still hold their
+    // (now closed) sockets.
+    let answered = Instant::now();
+    while get(&healthz).as_deref() != Ok("ok\n") {
+        assert!(
+            answered.elapsed() < slack,
+            "/healthz did not answer after the idle connections were closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+}

@@ -2,7 +2,10 @@
 //! Prometheus text for `/metrics`, marks `/healthz` ready, and logs verdict
 //! changes as JSON lines on stderr. The HTTP endpoint is [`serve_http`].
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tracer_events::Verdict;
@@ -146,7 +149,48 @@ pub async fn serve_http(
         "listening",
         serde_json::json!({"address": listen.to_string()}),
     );
-    Ok(tokio::spawn(
-        async move { axum::serve(listener, app).await },
-    ))
+    Ok(tokio::spawn(accept_loop(listener, app)))
+}
+
+/// Connections served at once; further ones are closed as they arrive
+/// until a slot frees.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, whatever it is doing (a scrape
+/// takes milliseconds).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Accepts connections and serves one request on each (no keep-alive: a
+/// Prometheus scrape every few seconds does not need it, and an idle
+/// connection cannot hold a slot): at most [`MAX_CONNECTIONS`] at once,
+/// each closed when its headers take longer than [`HEADER_READ_TIMEOUT`]
+/// or it lives longer than [`CONNECTION_DEADLINE`]. So connections left
+/// open by clients free their slots within seconds and `/healthz` keeps
+/// answering.
+async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        // Out of descriptors or a connection reset before accept: try
+        // again shortly rather than end the server.
+        let Ok((stream, _peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+            drop(slot);
+        });
+    }
 }
