@@ -282,3 +282,50 @@ fn a_pid_filter_keeps_the_driver_out() {
         );
     }
 }
+
+/// The guest-trap capture trapped at the fixture module's `slt_ioctl`, a
+/// guest kernel address: `tracer report --guest-symbols` with the module's
+/// lines of that guest's /proc/kallsyms (captured beside the recording)
+/// names it, in the JSON row and in the ftrace text.
+#[test]
+fn the_guest_trap_ip_is_named_with_the_guests_kallsyms() {
+    for entry in entries("killed") {
+        let file = entry["file"].as_str().expect("file");
+        let recording = fixtures().join(file);
+        let kernel = entry["kernel"].as_str().expect("kernel");
+        let kallsyms = fixtures().join(kernel).join("kallsyms-splitlock_trap.txt");
+        let report = |format: &str| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+                .arg("report")
+                .arg(&recording)
+                .arg("--guest-symbols")
+                .arg(&kallsyms)
+                .args(["--format", format])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{file}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let json: Value = serde_json::from_str(&report("json")).unwrap();
+        let tid = u64::from(*tids(&entry).last().expect("a driver thread"));
+        let row = json["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["tid"] == tid)
+            .unwrap_or_else(|| panic!("{file}: no driver row"));
+        assert_eq!(row["last_ip"], ip(&entry), "{file}");
+        assert_eq!(
+            row["last_ip_symbol"], "slt_ioctl+0x0 [splitlock_trap]",
+            "{file}"
+        );
+        assert!(
+            report("ftrace").contains("sym=slt_ioctl+0x0 [splitlock_trap]"),
+            "{file}: ftrace text without the name"
+        );
+    }
+}

@@ -24,6 +24,37 @@ use std::{
 
 use serde_json::{Value, json};
 
+/// `last_ip_symbol` of thread `tid` in `tracer report RECORDING
+/// --guest-symbols KALLSYMS --format json`, run on the host.
+fn named_ip(
+    tracer: &Path,
+    recording: &Path,
+    kallsyms: &Path,
+    tid: Option<u64>,
+) -> Result<String, String> {
+    let out = std::process::Command::new(tracer)
+        .arg("report")
+        .arg(recording)
+        .arg("--guest-symbols")
+        .arg(kallsyms)
+        .args(["--format", "json"])
+        .output()
+        .map_err(|error| format!("{}: {error}", tracer.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let report: Value =
+        serde_json::from_slice(&out.stdout).map_err(|error| format!("report JSON: {error}"))?;
+    report["threads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["tid"].as_u64() == tid)
+        .and_then(|row| row["last_ip_symbol"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| "no last_ip_symbol on the driver's row".to_owned())
+}
+
 /// What each scenario must show; printed in the matrix.
 pub fn expected(scenario: &str) -> &'static str {
     match scenario {
@@ -36,7 +67,9 @@ pub fn expected(scenario: &str) -> &'static str {
             "≥ 1 down_interruptible -EINTR recorded; LIVELOCK iff 3 interrupted episodes in a row (classifier.md)"
         }
         "mitigate-off" => "no punishment sleeps; not LIVELOCK",
-        "killed" => "handled=false + SIGBUS BUS_ADRALN: KILLED",
+        "killed" => {
+            "handled=false + SIGBUS BUS_ADRALN: KILLED; the IP (slt_ioctl) named with the guest's kallsyms"
+        }
         "filtered" => "none of the driver's events recorded (-p another pid)",
         _ => "?",
     }
@@ -557,7 +590,7 @@ fn durations_compared(truth: &Truth, recorded: &Recorded) -> Value {
 }
 
 /// Judges one scenario; `files` is where the guest's files were written.
-pub fn evaluate(kernel: &str, guest: &Value, files: &Path) -> Value {
+pub fn evaluate(kernel: &str, guest: &Value, files: &Path, tracer: &Path) -> Value {
     let scenario = guest["scenario"].as_str().unwrap_or("?").to_owned();
     let dir = files.join(kernel).join(&scenario);
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -923,6 +956,21 @@ pub fn evaluate(kernel: &str, guest: &Value, files: &Path) -> Value {
                 "KILLED",
                 verdict_is("killed"),
                 format!("verdict {verdict:?}, confirmed {confirmed:?}"),
+            );
+            // The IP is the fixture module's slt_ioctl: the host's tracer
+            // names it with the guest's own kallsyms lines of the module.
+            let named = named_ip(
+                tracer,
+                &dir.join("recording.jsonl"),
+                &files.join(kernel).join("kallsyms-splitlock_trap.txt"),
+                judged_tid,
+            );
+            checks.check(
+                "trapping IP named with the guest's kallsyms (--guest-symbols)",
+                named
+                    .as_deref()
+                    .is_ok_and(|name| name == "slt_ioctl+0x0 [splitlock_trap]"),
+                format!("IP 0x{ip:x} named {named:?}, want slt_ioctl+0x0 [splitlock_trap]"),
             );
         }
         _ => {}

@@ -630,7 +630,8 @@ pub fn run(skip_missing: bool, save_fixtures: bool) -> anyhow::Result<()> {
             kernel.boot_seconds
         );
         for guest in handlers["scenarios"].as_array().into_iter().flatten() {
-            let evaluated = vm_scenarios::evaluate(release, guest, &work.join("guest"));
+            let evaluated =
+                vm_scenarios::evaluate(release, guest, &work.join("guest"), &outputs.binary);
             if evaluated["pass"] != true {
                 let failed: Vec<String> = evaluated["checks"]
                     .as_array()
@@ -723,6 +724,14 @@ fn save_handler_fixtures(root: &Path, work: &Path, results: &[Value]) -> anyhow:
                     .join(kernel)
                     .join("events"),
             )?;
+        }
+        let kallsyms = work
+            .join("guest")
+            .join(kernel)
+            .join("kallsyms-splitlock_trap.txt");
+        if kallsyms.is_file() {
+            std::fs::copy(&kallsyms, to_dir.join("kallsyms-splitlock_trap.txt"))
+                .with_context(|| format!("copying {}", kallsyms.display()))?;
         }
         provenance.push(serde_json::json!({
             "file": format!("{kernel}/{scenario}.jsonl"),

@@ -14,7 +14,10 @@
 //! Arguments (`key=value`): `trap=user|guest`, `duration_ms=N`, `calls=N`
 //! (per thread, 0 = until the duration ends) and one `thread=SOURCE` per
 //! driver thread, SOURCE one of `none`, `timer:US`, `tkill:US`, `oneshot:US`
-//! (periods and delays in microseconds). With two or more threads, thread N
+//! (periods and delays in microseconds), and `ip=0xHEX` for the trap's IP
+//! (default: the driver's own `split_lock_site`; the guest-trap scenario
+//! passes a function of the fixture module, so the recorded IP can be
+//! named with the guest's kallsyms). With two or more threads, thread N
 //! is pinned to CPU N.
 
 use std::{
@@ -294,6 +297,7 @@ pub fn run(args: &[String]) -> i32 {
     let mut trap = "user".to_owned();
     let mut duration = Duration::from_secs(1);
     let mut calls_limit = 0;
+    let mut ip_override = None;
     let mut sources = Vec::new();
     for arg in args {
         let Some((key, value)) = arg.split_once('=') else {
@@ -314,6 +318,9 @@ pub fn run(args: &[String]) -> i32 {
                 .map(|n| calls_limit = n)
                 .map_err(|_| format!("bad calls {value:?}")),
             "thread" => Source::parse(value).map(|source| sources.push(source)),
+            "ip" => u64::from_str_radix(value.trim_start_matches("0x"), 16)
+                .map(|ip| ip_override = Some(ip))
+                .map_err(|_| format!("bad ip {value:?}")),
             _ => Err(format!("unknown key {key:?}")),
         };
         if let Err(error) = parsed {
@@ -344,7 +351,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     install_handlers();
-    let ip = split_lock_site as *const () as u64;
+    let ip = ip_override.unwrap_or(split_lock_site as *const () as u64);
     let deadline = Instant::now() + duration;
     let pin = sources.len() > 1;
     let threads: Vec<Value> = std::thread::scope(|scope| {

@@ -30,6 +30,9 @@ struct Scenario {
     filter_other_pid: bool,
     /// Run with `kernel.split_lock_mitigate = 0`.
     mitigate_off: bool,
+    /// Trap at the fixture module's `slt_ioctl` (a guest kernel address the
+    /// guest's kallsyms names) instead of the driver's own code.
+    ip_in_module: bool,
 }
 
 const SCENARIOS: [Scenario; 7] = [
@@ -38,18 +41,21 @@ const SCENARIOS: [Scenario; 7] = [
         driver: &["trap=user", "duration_ms=600", "thread=timer:1000"],
         filter_other_pid: false,
         mitigate_off: false,
+        ip_in_module: false,
     },
     Scenario {
         name: "livelock-tkill",
         driver: &["trap=user", "duration_ms=600", "thread=tkill:1000"],
         filter_other_pid: false,
         mitigate_off: false,
+        ip_in_module: false,
     },
     Scenario {
         name: "throttled",
         driver: &["trap=user", "duration_ms=1500", "thread=timer:50000"],
         filter_other_pid: false,
         mitigate_off: false,
+        ip_in_module: false,
     },
     Scenario {
         name: "semaphore",
@@ -61,6 +67,7 @@ const SCENARIOS: [Scenario; 7] = [
         ],
         filter_other_pid: false,
         mitigate_off: false,
+        ip_in_module: false,
     },
     Scenario {
         name: "mitigate-off",
@@ -74,18 +81,21 @@ const SCENARIOS: [Scenario; 7] = [
         ],
         filter_other_pid: false,
         mitigate_off: true,
+        ip_in_module: false,
     },
     Scenario {
         name: "killed",
         driver: &["trap=guest", "calls=20", "duration_ms=5000"],
         filter_other_pid: false,
         mitigate_off: false,
+        ip_in_module: true,
     },
     Scenario {
         name: "filtered",
         driver: &["trap=user", "duration_ms=600", "thread=timer:1000"],
         filter_other_pid: true,
         mitigate_off: false,
+        ip_in_module: false,
     },
 ];
 
@@ -199,7 +209,7 @@ fn tracefs_stats() -> String {
     stats
 }
 
-fn run_one(kernel: &str, scenario: &Scenario) -> Value {
+fn run_one(kernel: &str, scenario: &Scenario, module_ip: Option<u64>) -> Value {
     let dir = format!("{kernel}/{}", scenario.name);
     let recording = format!("/tmp/{}.jsonl", scenario.name);
     let mut notes = Vec::new();
@@ -233,11 +243,14 @@ fn run_one(kernel: &str, scenario: &Scenario) -> Value {
         notes.push("the recording had no meta line after 2 min".to_owned());
     }
     let started = Instant::now();
-    let driver = Command::new("/init")
-        .arg("driver")
-        .args(scenario.driver)
-        .stderr(Stdio::inherit())
-        .output();
+    let mut driver = Command::new("/init");
+    driver.arg("driver").args(scenario.driver);
+    if scenario.ip_in_module
+        && let Some(ip) = module_ip
+    {
+        driver.arg(format!("ip=0x{ip:x}"));
+    }
+    let driver = driver.stderr(Stdio::inherit()).output();
     let driver_wall_ms = started.elapsed().as_secs_f64() * 1e3;
     // Let the tracer's reader drain the ring (it polls every 50 ms).
     std::thread::sleep(Duration::from_millis(500));
@@ -339,10 +352,33 @@ pub fn run(kernel: &str, load_module: &dyn Fn(&str, &str) -> Result<(), String>)
             emit_file(&format!("{kernel}/formats/{event}/format"), &text);
         }
     }
+    // The module's lines of /proc/kallsyms, for the host to name the
+    // guest-trap scenario's IP with `--guest-symbols` (the whole file is
+    // megabytes; these lines are all that IP needs).
+    let mut module_lines = String::new();
+    for line in std::fs::read_to_string("/proc/kallsyms")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.ends_with("[splitlock_trap]"))
+    {
+        module_lines.push_str(line);
+        module_lines.push('\n');
+    }
+    emit_file(
+        &format!("{kernel}/kallsyms-splitlock_trap.txt"),
+        module_lines.as_bytes(),
+    );
+    let module_ip = module_lines.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (address, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind.eq_ignore_ascii_case("t") && name == "slt_ioctl")
+            .then(|| u64::from_str_radix(address, 16).ok())
+            .flatten()
+    });
     let started = Instant::now();
     let results: Vec<Value> = SCENARIOS
         .iter()
-        .map(|scenario| run_one(kernel, scenario))
+        .map(|scenario| run_one(kernel, scenario, module_ip))
         .collect();
     Some(json!({
         "module": module,
@@ -350,5 +386,6 @@ pub fn run(kernel: &str, load_module: &dyn Fn(&str, &str) -> Result<(), String>)
         "tracefs_probes": probes,
         "scenarios": results,
         "scenarios_wall_s": started.elapsed().as_secs_f64(),
+        "module_ip": module_ip,
     }))
 }
