@@ -50,7 +50,7 @@ fn sample_events(count: u64) -> Vec<Event> {
         .collect()
 }
 
-fn sample_metadata() -> Metadata {
+pub(crate) fn sample_metadata() -> Metadata {
     Metadata {
         format: FORMAT_NAME.into(),
         version: FORMAT_VERSION,

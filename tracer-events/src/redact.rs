@@ -84,6 +84,16 @@ impl Redactor {
             metadata.tracer.command_line = vec![program, REDACTED.into()];
         }
         self.vms(&mut metadata.vms);
+        // A guest-symbol file is named for a VM and lives at a path that
+        // can name it too: the VM key goes through the same placeholders,
+        // the path keeps only its file name.
+        for file in &mut metadata.guest_symbols {
+            if let Some(vm) = file.vm.take() {
+                file.vm = Some(self.placeholder(&vm));
+            }
+            let name = file.path.rsplit('/').next().unwrap_or_default();
+            file.path = format!("{REDACTED}/{name}");
+        }
     }
 
     /// Redacts the VMs of a summary in place (its rows were built from
@@ -154,5 +164,21 @@ mod tests {
         };
         redactor.process(&mut late);
         assert_eq!(late.name.as_deref(), Some("vm-3"));
+        // A guest-symbol file keyed by the VM's name gets the same
+        // placeholder, and its path keeps only the file name.
+        let mut metadata = crate::format_tests::sample_metadata();
+        metadata.guest_symbols = vec![crate::SymbolFileInfo {
+            vm: Some("mail".into()),
+            path: "/srv/mail-vm/guest-kallsyms.txt".into(),
+            sha256: String::new(),
+            kaslr_offset: 0,
+            symbols: 1,
+        }];
+        redactor.metadata(&mut metadata);
+        assert_eq!(metadata.guest_symbols[0].vm.as_deref(), Some("vm-2"));
+        assert_eq!(
+            metadata.guest_symbols[0].path,
+            format!("{REDACTED}/guest-kallsyms.txt")
+        );
     }
 }

@@ -223,7 +223,7 @@ pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
             Cell::new(row.tid),
             Cell::new(rate(row.traps_per_s)),
             Cell::new(match (&row.last_ip_symbol, row.last_ip) {
-                (Some(symbol), _) => symbol.clone(),
+                (Some(symbol), _) => escape(symbol).into_owned(),
                 (None, Some(ip)) => format!("0x{ip:x}"),
                 (None, None) => "-".into(),
             }),

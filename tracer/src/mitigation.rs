@@ -68,7 +68,7 @@ pub fn header_note(change: &MitigationChange, realtime_offset_ns: i64) -> String
     format!(
         "{} at {}",
         change.describe(),
-        wall_clock(change.ts_ns as i64 + realtime_offset_ns)
+        wall_clock((change.ts_ns as i64).saturating_add(realtime_offset_ns))
     )
 }
 

@@ -72,9 +72,21 @@ fn run_sweep(args: &ReproArgs, range: SweepRange, template: &ReproConfig) -> any
         .plot
         .iter()
         .chain(table_paths.iter().flat_map(|(csv, json)| [csv, json]));
+    let mut seen = std::collections::HashSet::new();
     for path in outputs {
+        if !seen.insert(path) {
+            bail!("{} is given for two outputs of the sweep", path.display());
+        }
         if !args.force && std::fs::symlink_metadata(path).is_ok() {
             bail!("{} exists (use --force to replace it)", path.display());
+        }
+        // A directory that does not exist fails now, not after the sweep.
+        let parent = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            bail!("{}: no directory {}", path.display(), parent.display());
         }
     }
     let table = sweep::run(template, &periods, SweepHost::read(), |period| {

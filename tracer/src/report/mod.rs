@@ -52,6 +52,10 @@ pub struct Replay {
     pub changes: Vec<VerdictChange>,
     /// Every mitigation change, in time order.
     pub mitigations: Vec<MitigationChange>,
+    /// Every mitigation change (the list above stops at [`MAX_LOST_KEYS`]).
+    pub mitigations_seen: u64,
+    /// The latest mitigation change, also past the list's end.
+    pub last_mitigation: Option<MitigationChange>,
     /// Lost records summed by cause and detail.
     pub lost: BTreeMap<(LostCause, Option<String>), u64>,
     /// The summary record, if the recording has one.
@@ -120,6 +124,8 @@ impl Replay {
             next_tick: NextTick::NotStarted,
             changes: Vec::new(),
             mitigations: Vec::new(),
+            mitigations_seen: 0,
+            last_mitigation: None,
             lost: BTreeMap::new(),
             summary: None,
             events: 0,
@@ -140,10 +146,13 @@ impl Replay {
                     host::misery_possible(change.to, self.metadata.host.kernel_release.as_deref());
                 self.model.mitigation_changed(change, misery);
                 // A hostile recording could repeat it for ever: the model
-                // follows every one, the list keeps the first thousand.
+                // follows every one, the list keeps the first MAX_LOST_KEYS;
+                // the count and the latest are kept apart.
                 if self.mitigations.len() < MAX_LOST_KEYS {
                     self.mitigations.push(change.clone());
                 }
+                self.mitigations_seen = self.mitigations_seen.saturating_add(1);
+                self.last_mitigation = Some(change.clone());
             }
             Record::Summary(summary) => {
                 self.advance_to(summary.ts_ns);
@@ -297,13 +306,13 @@ impl Replay {
             ebpf_log_messages: 0,
             elapsed_s: elapsed_ns as f64 / 1e9,
             split_lock_mitigate: self
-                .mitigations
-                .last()
+                .last_mitigation
+                .as_ref()
                 .map_or(self.metadata.host.split_lock_mitigate, |change| change.to),
-            mitigation_change: self.mitigations.last().map(|change| {
+            mitigation_change: self.last_mitigation.as_ref().map(|change| {
                 crate::mitigation::header_note(change, self.metadata.clock.realtime_offset_ns)
             }),
-            mitigation_changes: self.mitigations.len() as u64,
+            mitigation_changes: self.mitigations_seen,
         };
         ReplayResult {
             status,

@@ -140,9 +140,15 @@ struct Tracker {
 #[derive(Clone, Debug, Default)]
 pub struct Stories {
     trackers: BTreeMap<u32, Tracker>,
-    /// Threads seen after [`MAX_STORIES`] were kept.
-    not_kept: u64,
+    /// Threads seen after [`MAX_STORIES`] were kept (each counted once;
+    /// beyond [`MAX_NOT_KEPT_TRACKED`] distinct ones, further sightings
+    /// are counted in `not_kept_beyond`).
+    not_kept: std::collections::HashSet<u32>,
+    not_kept_beyond: u64,
 }
+
+/// Distinct threads without a story remembered to count each once (4 MiB).
+pub const MAX_NOT_KEPT_TRACKED: usize = 1 << 20;
 
 /// Traps as the model counts them for rates: handler entries when the
 /// kprobes see them, otherwise #AC VM exits.
@@ -339,7 +345,7 @@ impl Stories {
         for row in rows {
             if !self.trackers.contains_key(&row.tid) {
                 if self.trackers.len() >= MAX_STORIES {
-                    self.not_kept += 1;
+                    self.count_not_kept(row.tid);
                     continue;
                 }
                 self.trackers.insert(row.tid, Tracker::new(row, now_ns));
@@ -390,12 +396,22 @@ impl Stories {
             tracker.story.vcpu = change.vcpu;
             tracker.change(change);
             self.trackers.insert(change.tid, tracker);
+        } else {
+            self.count_not_kept(change.tid);
+        }
+    }
+
+    fn count_not_kept(&mut self, tid: u32) {
+        if self.not_kept.len() < MAX_NOT_KEPT_TRACKED {
+            self.not_kept.insert(tid);
+        } else if !self.not_kept.contains(&tid) {
+            self.not_kept_beyond += 1;
         }
     }
 
     /// Threads seen after [`MAX_STORIES`] were kept: they have no story.
     pub fn not_kept(&self) -> u64 {
-        self.not_kept
+        self.not_kept.len() as u64 + self.not_kept_beyond
     }
 
     /// The stories at `end_ns` (after the last classification), worst

@@ -48,7 +48,10 @@ pub fn restore_terminal() {
 fn enter_terminal() -> std::io::Result<()> {
     terminal::enable_raw_mode()?;
     ACTIVE.store(true, Ordering::SeqCst);
-    execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+    if let Err(error) = execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide) {
+        restore_terminal();
+        return Err(error);
+    }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
@@ -165,7 +168,7 @@ pub struct TuiView {
     host: HostHeader,
     cpu_models: std::collections::BTreeMap<u32, String>,
     history: History,
-    screens: Option<mpsc::Sender<Screen>>,
+    screens: Option<mpsc::SyncSender<Screen>>,
     ui: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -184,7 +187,9 @@ impl TuiView {
             .collect();
         enter_terminal()?;
         let (quit_tx, quit_rx) = tokio::sync::mpsc::channel(1);
-        let (screens_tx, screens_rx) = mpsc::channel();
+        // One screen in flight at most: a stalled terminal (a hung ssh)
+        // makes the collector drop screens, not queue them.
+        let (screens_tx, screens_rx) = mpsc::sync_channel(1);
         let ui = std::thread::Builder::new()
             .name("tracer-tui".into())
             .spawn(move || {
@@ -241,8 +246,9 @@ impl Sink for TuiView {
             now_ns: tick.now_ns,
         };
         if let Some(screens) = &self.screens {
-            // The UI thread has gone (quit): the runner stops next.
-            let _ = screens.send(screen);
+            // Full: the UI thread has not drawn the last one yet and gets
+            // the next; gone (quit): the runner stops next.
+            let _ = screens.try_send(screen);
         }
         Ok(())
     }

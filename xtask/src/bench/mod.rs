@@ -1097,6 +1097,16 @@ fn render_targets(results: &Value) -> String {
                 && row["target_rate"].as_f64() == Some(100_000.0)
         })
     });
+    // A storm that did not reach the rate did not test the target.
+    let reached = |row: &Value| row["achieved_rate"].as_f64().unwrap_or(0.0) >= 95_000.0;
+    let verdict_at_100k = |ok: Option<bool>| match at_100k {
+        Some(row) if !reached(row) => format!(
+            "not reached: the storm achieved {:.0}/s (at that rate: {})",
+            row["achieved_rate"].as_f64().unwrap_or(0.0),
+            met(ok)
+        ),
+        _ => met(ok).to_owned(),
+    };
     let _ = writeln!(
         out,
         "| zero loss at 100k events/s on 2 cores, tracer's own path: every event its programs ran for is recorded or reported (default ring) | {} | {} |",
@@ -1108,7 +1118,7 @@ fn render_targets(results: &Value) -> String {
                 + row["reported_not_written"].as_u64().unwrap_or(0)
                 + row["reported_undecodable"].as_u64().unwrap_or(0),
         )),
-        met(at_100k.map(|row| {
+        verdict_at_100k(at_100k.map(|row| {
             row["exact"] == true
                 && row["reported_ring_full"] == 0
                 && row["reported_not_written"] == 0
@@ -1129,7 +1139,7 @@ fn render_targets(results: &Value) -> String {
                 + row["reported_skipped_by_kernel"].as_u64().unwrap_or(0),
             row["unaccounted"],
         )),
-        met(at_100k.map(|row| row["complete"] == true)),
+        verdict_at_100k(at_100k.map(|row| row["complete"] == true)),
     );
     for row in results["cpu_at_1k_events_per_s"]
         .as_array()
