@@ -104,6 +104,9 @@ impl TracerOptions {
     }
 }
 
+/// How long an observer may take to stop after the first SIGINT.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Starts `kind` and waits until it is attached (or, for perf, settled).
 pub fn start(
     kind: ObserverKind,
@@ -276,9 +279,25 @@ impl Observer {
         let mut peak_kib = vm_hwm_kib(self.child.id()).unwrap_or(0);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
+        // A SIGINT can go unanswered (seen once with bpftrace after a
+        // 10,000-thread storm: it went on waiting in epoll): ask again every
+        // second, and kill it after STOP_GRACE rather than hang the run.
+        let asked = Instant::now();
+        let mut last_ask = asked;
         // Its high-water mark until it is gone (a zombie has no address
         // space), then the reap with its CPU time.
         let usage = loop {
+            if last_ask.elapsed() >= Duration::from_secs(1) {
+                let signal = if asked.elapsed() >= STOP_GRACE {
+                    eprintln!("xtask: bench: pid {pid} ignored SIGINT for {STOP_GRACE:?}: SIGKILL");
+                    libc::SIGKILL
+                } else {
+                    libc::SIGINT
+                };
+                // SAFETY: signalling our own child (not reaped yet).
+                unsafe { libc::kill(pid, signal) };
+                last_ask = Instant::now();
+            }
             let mut status = 0;
             // SAFETY: an all-zero rusage is valid.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
