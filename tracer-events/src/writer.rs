@@ -77,8 +77,9 @@ pub enum CreateError {
     },
 }
 
-/// What a non-regular file is, for [`CreateError::NotRegular`].
-fn file_kind(file_type: std::fs::FileType) -> &'static str {
+/// What a non-regular file is, in words (for [`CreateError::NotRegular`]
+/// and the tracer's bounded readers).
+pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt as _;
     if file_type.is_dir() {
         "a directory"

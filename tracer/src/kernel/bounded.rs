@@ -43,27 +43,13 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     if !file_type.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("not a regular file ({})", kind(file_type)),
+            format!(
+                "not a regular file ({})",
+                tracer_events::writer::file_kind(file_type)
+            ),
         ));
     }
     Ok(file)
-}
-
-fn kind(file_type: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    }
 }
 
 /// A reader that fails once more than `cap` bytes are read from `inner`.
