@@ -111,6 +111,23 @@ pub enum ProgramFailure {
 /// Number of slots in `PROGRAM_FAILURES`.
 pub const PROGRAM_FAILURE_SLOTS: u32 = 3;
 
+/// Signals to threads the programs do not track (neither vCPUs, nor
+/// threads that entered a split-lock handler, nor SIGBUS/BUS_ADRALN
+/// targets): counted per CPU in `UNTRACKED_SIGNALS`, indexed by the value,
+/// and neither recorded nor given per-thread state. Not a loss: the tracer
+/// leaves them out on purpose.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UntrackedSignal {
+    /// `si_code == SI_TIMER` (a POSIX timer's signal).
+    Timer = 0,
+    /// Any other signal.
+    Other = 1,
+}
+
+/// Number of slots in `UNTRACKED_SIGNALS`.
+pub const UNTRACKED_SIGNAL_SLOTS: u32 = 2;
+
 /// Most threads the in-kernel per-thread counter map holds, and the most
 /// the userspace model keeps (the least recently seen go first in both).
 pub const MAX_THREADS: u32 = 16_384;
@@ -467,6 +484,8 @@ pub mod map_names {
     pub const RING_DROPS: &str = "RING_DROPS";
     /// `PerCpuArray<u64>` of other program failures, indexed by [`super::ProgramFailure`].
     pub const PROGRAM_FAILURES: &str = "PROGRAM_FAILURES";
+    /// `PerCpuArray<u64>` of signals to untracked threads, indexed by [`super::UntrackedSignal`].
+    pub const UNTRACKED_SIGNALS: &str = "UNTRACKED_SIGNALS";
     /// `LruHashMap<u32 tid, ThreadCounters>`.
     pub const THREAD_COUNTERS: &str = "THREAD_COUNTERS";
     /// `LruHashMap<u32 tid, u64 entry timestamp>`: threads inside a split-lock handler.

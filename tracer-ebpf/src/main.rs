@@ -15,6 +15,13 @@
 //! messages; the level is read-only data, so the verifier drops the logging
 //! code and the programs run as if it were not there.
 //!
+//! Only what matters gets per-thread state and ring events: threads seen
+//! in a KVM exit, threads that entered a split-lock handler, threads that
+//! took a vCPU thread's name, SIGBUS/BUS_ADRALN targets, and the vCPU
+//! threads the loader found in /proc at start. A signal to any other thread
+//! only bumps a per-CPU count (`UNTRACKED_SIGNALS`), so a host full of
+//! timers that are not vCPUs costs little more than a counting tool.
+//!
 //! The punishment primitives (`msleep_interruptible`, `down_interruptible`)
 //! are called from all over the kernel; their return probes only report while
 //! the current thread is inside a split-lock handler (`SPLIT_LOCK_WINDOW`,
@@ -51,7 +58,8 @@ use tracer_common::{
     BUS_ADRALN, COMM_LEN, EVENT_KIND_SLOTS, EventHeader, EventKind, FIELD_ABSENT, KVM_RUN_EINTR,
     KvmExitEvent, KvmUserspaceExitEvent, MAX_THREADS, PROGRAM_FAILURE_SLOTS, ProgramFailure,
     PunishmentReturnEvent, SI_TIMER, SIGBUS, SignalGenerateEvent, SplitLockReturnEvent,
-    SplitLockTrapEvent, ThreadCounters, TimerSignalTally, TracerConfig, kvm_exit_reason, vmx,
+    SplitLockTrapEvent, ThreadCounters, TimerSignalTally, TracerConfig, UNTRACKED_SIGNAL_SLOTS,
+    UntrackedSignal, kvm_exit_reason, vmx,
 };
 
 /// Filled in by the loader (field offsets read from tracefs at start-up).
@@ -68,6 +76,10 @@ static RING_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_S
 
 #[map(name = "PROGRAM_FAILURES")]
 static PROGRAM_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_FAILURE_SLOTS, 0);
+
+#[map(name = "UNTRACKED_SIGNALS")]
+static UNTRACKED_SIGNALS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(UNTRACKED_SIGNAL_SLOTS, 0);
 
 #[map(name = "THREAD_COUNTERS")]
 static THREAD_COUNTERS: LruHashMap<u32, ThreadCounters> =
@@ -502,12 +514,16 @@ fn tally_timer_signal() {
     tally.skipped = difference.wrapping_sub(tally.baseline);
 }
 
-/// What both `signal_generate` programs do with one generated signal:
-/// timer signals anywhere, SIGBUS/BUS_ADRALN anywhere, and any signal aimed
-/// at a thread the tracer already counts. With a process filter (`-p`),
-/// only signals aimed at a thread of that process: by the target's
-/// `target_tgid` where the program could read it, else by the process the
-/// counters already saw the target in.
+/// What both `signal_generate` programs do with one generated signal. Only
+/// signals to tracked threads (those with counters: vCPU threads, threads
+/// that entered a split-lock handler, threads with a vCPU thread's name,
+/// the vCPU threads the loader found at start) and SIGBUS/BUS_ADRALN (which
+/// starts tracking its target) get counted per thread and recorded; every
+/// other signal only bumps this CPU's `UNTRACKED_SIGNALS` slot, the cost
+/// of a counting tool. With a process filter (`-p`), only signals aimed at
+/// a thread of that process count at all: by the target's `target_tgid`
+/// where the program could read it, else by the process the counters
+/// already saw the target in.
 #[inline(always)]
 fn on_signal<C: EbpfContext>(
     ctx: &C,
@@ -537,7 +553,7 @@ fn on_signal<C: EbpfContext>(
         }
     }
     let now = now_ns();
-    match counters(target as u32, is_timer || is_sigbus) {
+    match counters(target as u32, is_sigbus) {
         Some(counters) => {
             counters.last_seen_ns = now;
             if is_timer {
@@ -549,8 +565,15 @@ fn on_signal<C: EbpfContext>(
                 bump(&mut counters.sigbus_adraln);
             }
         }
-        // Not a tracked thread, and not a signal worth tracking one for.
-        None if !(is_timer || is_sigbus) => return,
+        None if !is_sigbus => {
+            let slot = if is_timer {
+                UntrackedSignal::Timer
+            } else {
+                UntrackedSignal::Other
+            };
+            count_in_slot(&UNTRACKED_SIGNALS, slot as u32);
+            return;
+        }
         // The counter map refused the entry: the event still goes out, and
         // the failure is counted.
         None => count_counter_failure(ctx, target as u32),

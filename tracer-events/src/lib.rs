@@ -27,7 +27,9 @@ pub mod writer;
 pub use cpuinfo::CpuInfo;
 pub use event::{Comm, Event, EventBody, SignalKind, TrapSource};
 pub use host::{HostFacts, ProcessInfo, VcpuThread, VmThreads};
-pub use loss::{LayoutProblem, LossCounts, LostCause, LostRecord, apply_loss, loss_records};
+pub use loss::{
+    LayoutProblem, LossCounts, LostCause, LostRecord, UntrackedSignals, apply_loss, loss_records,
+};
 pub use probe::{ProbeKind, ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode};
 pub use reader::{ReadError, RecordingReader};
 pub use record::{

@@ -77,6 +77,31 @@ impl LossCounts {
     }
 }
 
+/// Signals the eBPF programs counted per CPU but neither recorded nor gave
+/// per-thread state, because their target is not a thread the tracer
+/// tracks (not a vCPU thread, not a thread that entered a split-lock
+/// handler, not a SIGBUS/BUS_ADRALN target). Not a loss: the tracer leaves
+/// them out on purpose, and they are in no loss total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntrackedSignals {
+    /// Timer signals (`SI_TIMER`).
+    pub timer: u64,
+    /// Any other signal.
+    pub other: u64,
+}
+
+impl UntrackedSignals {
+    /// Both kinds together.
+    pub fn total(&self) -> u64 {
+        self.timer.saturating_add(self.other)
+    }
+
+    /// Nothing counted (serde's skip test).
+    pub fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+}
+
 /// What was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

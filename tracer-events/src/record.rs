@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     event::Event,
     host::{HostFacts, VmThreads},
-    loss::{LayoutProblem, LossCounts, LostRecord},
+    loss::{LayoutProblem, LossCounts, LostRecord, UntrackedSignals},
     probe::{ProbeReport, TracingMode},
     symbols::SymbolFileInfo,
     thread::{KernelCounts, ThreadRow},
@@ -132,6 +132,10 @@ pub struct Summary {
     /// or one of these threads' counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counted_threads: Vec<CountedThread>,
+    /// Signals to threads the tracer does not track, counted in the kernel
+    /// and not recorded (see [`UntrackedSignals`]).
+    #[serde(default, skip_serializing_if = "UntrackedSignals::is_zero")]
+    pub signals_to_other_threads: UntrackedSignals,
     /// VMs at the end.
     pub vms: Vec<VmThreads>,
 }
@@ -158,6 +162,7 @@ impl Summary {
             losses: LossCounts::default(),
             threads: Vec::new(),
             counted_threads: Vec::new(),
+            signals_to_other_threads: UntrackedSignals::default(),
             vms: Vec::new(),
         }
     }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
-use tracer_events::{ThreadRow, TracingMode, Verdict, text::escape};
+use tracer_events::{ThreadRow, TracingMode, UntrackedSignals, Verdict, text::escape};
 
 use crate::model::LIVELOCK_MITIGATIONS;
 
@@ -33,6 +33,10 @@ pub struct ViewStatus {
     /// Failed inserts into the in-kernel counter map.
     #[serde(default)]
     pub counter_map_full: u64,
+    /// Signals to threads the tracer does not track, counted in the
+    /// kernel and not recorded (not a loss).
+    #[serde(default, skip_serializing_if = "UntrackedSignals::is_zero")]
+    pub signals_to_other_threads: UntrackedSignals,
     /// Failed inserts into the split-lock window map.
     #[serde(default)]
     pub window_map_full: u64,
@@ -143,6 +147,13 @@ pub fn header(status: &ViewStatus) -> String {
         status.lost_kernel_skipped,
         status.elapsed_s
     );
+    if !status.signals_to_other_threads.is_zero() {
+        let _ = writeln!(
+            out,
+            "signals to other threads (counted, not traced): {} timer, {} other",
+            status.signals_to_other_threads.timer, status.signals_to_other_threads.other
+        );
+    }
     if status.counter_map_full + status.window_map_full > 0 {
         let _ = writeln!(
             out,

@@ -55,6 +55,11 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
     probe: String,
     kind: String,
@@ -254,6 +259,20 @@ pub fn encode_metrics(
             cause: cause.into(),
         })
         .inc_by(count);
+    }
+    let untracked = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "signals_to_other_threads",
+        "Signals to threads the tracer does not track (not vCPUs, not split-locking), counted in the kernel and not traced, by kind (timer, other)",
+        untracked.clone(),
+    );
+    for (kind, count) in [
+        ("timer", status.signals_to_other_threads.timer),
+        ("other", status.signals_to_other_threads.other),
+    ] {
+        untracked
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc_by(count);
     }
     let events = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     events.set(status.events_per_s);

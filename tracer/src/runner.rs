@@ -274,7 +274,12 @@ impl Runner {
         }
     }
 
-    fn status(&self, losses: &LossCounts, events_per_s: f64, started: Instant) -> ViewStatus {
+    fn status(
+        &self,
+        losses: &LossCounts,
+        events_per_s: f64,
+        started: Instant,
+    ) -> anyhow::Result<ViewStatus> {
         let mut status = ViewStatus {
             mode: Some(self.session.mode),
             probes_attached: self.session.probes.attached_count(),
@@ -284,6 +289,7 @@ impl Runner {
             lost_undecodable: losses.undecodable_total(),
             lost_kernel_skipped: losses.kernel_skipped_total(),
             counter_map_full: losses.counter_map_full,
+            signals_to_other_threads: self.session.untracked_signals()?,
             window_map_full: losses.window_map_full,
             recorder_not_written: 0,
             ebpf_log_messages: self
@@ -299,7 +305,7 @@ impl Runner {
         for sink in &self.sinks {
             sink.status(&mut status);
         }
-        status
+        Ok(status)
     }
 
     /// Every thread's row at `now`, with the kernel's exact counters.
@@ -338,7 +344,7 @@ impl Runner {
             self.mitigation_changes += 1;
         }
         let losses = self.session.losses()?;
-        let status = self.status(&losses, events_per_s, started);
+        let status = self.status(&losses, events_per_s, started)?;
         let rows = self.rows(now_ns)?;
         let changes = self.model.verdict_changes(now_ns, &rows);
         let tick = Tick {
@@ -360,7 +366,7 @@ impl Runner {
     fn finish(mut self, ended_by: EndReason, started: Instant) -> anyhow::Result<i32> {
         let now_ns = monotonic_now_ns();
         let losses = self.session.losses()?;
-        let status = self.status(&losses, 0.0, started);
+        let status = self.status(&losses, 0.0, started)?;
         let rows = self.rows(now_ns)?;
         let changes = self.model.verdict_changes(now_ns, &rows);
         let with_row: std::collections::HashSet<u32> = rows.iter().map(|row| row.tid).collect();

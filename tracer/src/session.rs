@@ -17,9 +17,11 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use tracer_common::{
     CONFIG_GLOBAL, EVENT_KIND_SLOTS, EventKind, PROGRAM_FAILURE_SLOTS, ProgramFailure,
-    ThreadCounters, TracerConfig, map_names,
+    ThreadCounters, TracerConfig, UNTRACKED_SIGNAL_SLOTS, UntrackedSignal, map_names,
 };
-use tracer_events::{KernelCounts, LayoutProblem, LossCounts, ProbeReport, TracingMode};
+use tracer_events::{
+    KernelCounts, LayoutProblem, LossCounts, ProbeReport, TracingMode, UntrackedSignals,
+};
 
 use crate::{
     ebpf_log::{self, EbpfLogCounts, EbpfLogger},
@@ -407,6 +409,15 @@ impl TraceSession {
             );
         }
         Ok(losses)
+    }
+
+    /// Signals to threads the programs do not track, counted per CPU.
+    pub fn untracked_signals(&self) -> anyhow::Result<UntrackedSignals> {
+        let slots = self.per_cpu_totals(map_names::UNTRACKED_SIGNALS, UNTRACKED_SIGNAL_SLOTS)?;
+        Ok(UntrackedSignals {
+            timer: slots[UntrackedSignal::Timer as usize],
+            other: slots[UntrackedSignal::Other as usize],
+        })
     }
 
     /// Each slot of a per-CPU `u64` array, summed over the CPUs.

@@ -4,7 +4,9 @@
 //! delivers them. The benchmark's second workload (`cargo xtask bench`): every
 //! signal is one `signal:signal_generate` event with `SI_TIMER` for the
 //! tracer, and each thread's own count is the ground truth its counters and
-//! recordings are compared with.
+//! recordings are compared with. Named like vCPU threads (`vcpu_names`),
+//! the threads are tracked and recorded; otherwise the tracer only counts
+//! their signals per CPU (a host full of timers that are not vCPUs).
 //!
 //! Counting is exact because nothing is left in flight: each thread arms a
 //! one-shot expiry at an absolute deadline (`start + k * interval`, so the
@@ -46,6 +48,11 @@ pub struct StormConfig {
     pub duration: Duration,
     /// Signal number.
     pub signal: i32,
+    /// Name the threads as cloud-hypervisor names its vCPU threads
+    /// (`vcpuN`), so that the tracer tracks them from their name on, as it
+    /// would a VMM's vCPU thread before its first KVM_RUN; otherwise they
+    /// are `storm-N`, threads the tracer only counts per CPU.
+    pub vcpu_names: bool,
 }
 
 /// One storm thread's ground truth.
@@ -143,7 +150,11 @@ fn run_threads(config: &StormConfig, interval: Duration) -> anyhow::Result<Storm
         // thousands of threads do not all fire in the same tick.
         let offset = interval.mul_f64(index as f64 / count as f64);
         let spawned = std::thread::Builder::new()
-            .name(format!("storm-{index}"))
+            .name(if config.vcpu_names {
+                format!("vcpu{index}")
+            } else {
+                format!("storm-{index}")
+            })
             .stack_size(THREAD_STACK_BYTES)
             .spawn(move || storm_thread(signal, offset, interval, &window))
             .with_context(|| format!("creating storm thread {index} of {count}"));

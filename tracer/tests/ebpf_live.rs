@@ -352,6 +352,7 @@ fn skipped_timer_signals_are_counted_exactly() {
             rate: Some(10_000.0),
             duration: Duration::from_secs(3),
             signal: libc::SIGUSR1,
+            vcpu_names: true,
         })
         .unwrap();
         let kernel_total: u64 = kernel
@@ -395,6 +396,55 @@ fn skipped_timer_signals_are_counted_exactly() {
     );
 }
 
+/// A storm on threads that are not vCPUs (`storm-N`, never in KVM_RUN,
+/// never split-locking) gets neither per-thread state nor ring events: its
+/// signals are only counted per CPU, every one of them (the counter may be
+/// higher, other processes' timers count too; never lower than the storm's
+/// own count less what the kernel skipped).
+#[test]
+fn signals_to_threads_that_are_not_vcpus_are_only_counted() {
+    let name = "signals_to_threads_that_are_not_vcpus_are_only_counted";
+    if !have_root(name) {
+        return;
+    }
+    let seen = capture(|| {
+        storm::run(&StormConfig {
+            threads: 2,
+            rate: Some(5_000.0),
+            duration: Duration::from_secs(1),
+            signal: libc::SIGUSR1,
+            vcpu_names: false,
+        })
+        .unwrap()
+    });
+    let storm = seen.work;
+    assert!(storm.signals_total > 1000, "{}", storm.signals_total);
+    let storm_tids: std::collections::HashSet<u32> =
+        storm.threads.iter().map(|thread| thread.tid).collect();
+    let recorded = seen
+        .events
+        .iter()
+        .filter(|event| {
+            matches!(event.body, EventBody::Signal { target_tid, .. }
+                if storm_tids.contains(&target_tid))
+        })
+        .count();
+    assert_eq!(recorded, 0, "signals to storm threads were recorded");
+    let tracked: Vec<_> = seen
+        .counters
+        .keys()
+        .filter(|tid| storm_tids.contains(tid))
+        .collect();
+    assert!(tracked.is_empty(), "storm threads tracked: {tracked:?}");
+    let skipped = seen.losses.kernel_skipped_total();
+    assert!(
+        seen.untracked.timer + skipped >= storm.signals_total,
+        "{} timer signals counted for untracked threads (+{skipped} skipped by the kernel), the storm took {}",
+        seen.untracked.timer,
+        storm.signals_total
+    );
+}
+
 /// Runs a timer-signal storm against a session with a one-page ring that
 /// is not read until the storm ends, so the ring overflows for real; returns
 /// the ring drops the programs counted and what they logged.
@@ -417,6 +467,7 @@ fn overflow_the_ring(ebpf_log: Option<log::Level>) -> (u64, u64, Vec<String>, u3
                 rate: Some(20_000.0),
                 duration: Duration::from_millis(500),
                 signal: libc::SIGUSR1,
+                vcpu_names: true,
             })
             .unwrap()
         })

@@ -91,6 +91,11 @@ struct SignalStormArgs {
     /// Signal number (SIGUSR1 = 10).
     #[arg(long = "signal", default_value_t = libc::SIGUSR1)]
     signal: i32,
+    /// Name the threads `vcpuN`, as cloud-hypervisor names its vCPU
+    /// threads, so the tracer tracks and records them; without it they are
+    /// `storm-N` and the tracer only counts their signals per CPU.
+    #[arg(long = "vcpu-names")]
+    vcpu_names: bool,
 }
 
 fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
@@ -133,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 rate: args.rate,
                 duration: args.duration,
                 signal: args.signal,
+                vcpu_names: args.vcpu_names,
             })?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

@@ -301,6 +301,11 @@ impl Replay {
             lost_undecodable: losses.undecodable_total(),
             lost_kernel_skipped: losses.kernel_skipped_total(),
             counter_map_full: losses.counter_map_full,
+            signals_to_other_threads: self
+                .summary
+                .as_ref()
+                .map(|summary| summary.signals_to_other_threads)
+                .unwrap_or_default(),
             window_map_full: losses.window_map_full,
             recorder_not_written: events_not_written,
             ebpf_log_messages: 0,

@@ -175,6 +175,7 @@ impl Sink for Recorder {
         let mut summary = Summary {
             counted_threads,
             losses: end.tick.losses.clone(),
+            signals_to_other_threads: end.tick.status.signals_to_other_threads,
             threads,
             vms: end.host.vm_threads(),
             ..Summary::new(end.tick.now_ns, end.ended_by)

@@ -247,6 +247,12 @@ fn header_lines(screen: &Screen, state: &ViewState) -> Vec<TextLine<'static>> {
     if !state.filter.is_empty() && !state.editing_filter {
         third.push(format!("filter: {}", state.filter));
     }
+    if !status.signals_to_other_threads.is_zero() {
+        third.push(format!(
+            "{} signals to other threads (counted only)",
+            status.signals_to_other_threads.total()
+        ));
+    }
     if status.counter_map_full + status.window_map_full > 0 {
         third.push(format!(
             "in-kernel maps full: {} + {} inserts failed",

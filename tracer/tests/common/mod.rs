@@ -84,6 +84,8 @@ pub struct Capture<T> {
     pub counters: std::collections::BTreeMap<u32, tracer_common::ThreadCounters>,
     /// Probe report.
     pub probes: tracer_events::ProbeReport,
+    /// Signals to untracked threads the programs counted per CPU.
+    pub untracked: tracer_events::UntrackedSignals,
 }
 
 /// Starts a tracing session, runs `work` on its own thread, and collects
@@ -123,6 +125,7 @@ pub fn capture<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> 
             losses: session.losses().unwrap(),
             counters: session.thread_counters().unwrap(),
             probes: session.probes.clone(),
+            untracked: session.untracked_signals().unwrap(),
         }
     })
 }
