@@ -475,11 +475,16 @@ fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
     unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
 }
 
-/// Counts this run of a signal program for a timer signal and compares the
-/// CPU's runs with the kernel's perf count of the same tracepoint (see
+/// Counts this run of a signal program for a timer signal and, at the
+/// CPU's first run and whenever `compare` is set, compares the CPU's runs
+/// with the kernel's perf count of the same tracepoint (see
 /// [`TimerSignalTally`]). Without a counter on this CPU it only counts.
+/// The comparison is skipped for signals to untracked threads: the reader
+/// makes the same comparison with the current counts whenever it looks
+/// (`signal_check`), so the count of skipped runs stays exact, and the perf
+/// read is the dearest part of a run that only counts.
 #[inline(always)]
-fn tally_timer_signal() {
+fn tally_timer_signal(compare: bool) {
     let Some(tally) = TIMER_SIGNAL_TALLY.get_ptr_mut(0) else {
         return;
     };
@@ -487,6 +492,9 @@ fn tally_timer_signal() {
     // itself on one CPU (it counts a recursion miss instead).
     let tally = unsafe { &mut *tally };
     tally.runs += 1;
+    if tally.started != 0 && !compare {
+        return;
+    }
     let mut value = bpf_perf_event_value {
         counter: 0,
         enabled: 0,
@@ -528,32 +536,37 @@ fn tally_timer_signal() {
 fn on_signal<C: EbpfContext>(
     ctx: &C,
     sig: i32,
-    errno: i32,
     code: i32,
     target: i32,
-    target_tgid: Option<u32>,
-    group: i32,
-    result: i32,
+    target_tgid: impl FnOnce() -> Option<u32>,
+    rest: impl FnOnce() -> SignalRest,
 ) {
     let is_timer = code == SI_TIMER;
     let is_sigbus = sig == SIGBUS && code == BUS_ADRALN;
+    let known = counters(target as u32, false);
     if is_timer {
         // Before the filter: the tally compares with the kernel's count of
         // every timer signal.
-        tally_timer_signal();
+        tally_timer_signal(known.is_some());
     }
     let filter = config().filter_tgid;
     if filter != 0 {
-        let in_process = match target_tgid {
+        let in_process = match target_tgid() {
             Some(tgid) => tgid == filter,
-            None => counters(target as u32, false).is_some_and(|known| known.tgid == filter),
+            None => known.as_ref().is_some_and(|known| known.tgid == filter),
         };
         if !in_process {
             return;
         }
     }
     let now = now_ns();
-    match counters(target as u32, is_sigbus) {
+    let tracked = match known {
+        Some(counters) => Some(counters),
+        // A SIGBUS/BUS_ADRALN target is tracked from this signal on.
+        None if is_sigbus => counters(target as u32, true),
+        None => None,
+    };
+    match tracked {
         Some(counters) => {
             counters.last_seen_ns = now;
             if is_timer {
@@ -579,19 +592,27 @@ fn on_signal<C: EbpfContext>(
         None => count_counter_failure(ctx, target as u32),
     }
     let (tgid, tid) = current_ids();
+    let rest = rest();
     emit(
         ctx,
         EventKind::SignalGenerate,
         SignalGenerateEvent {
             header: header(EventKind::SignalGenerate, now, tgid, tid),
             sig,
-            errno,
+            errno: rest.errno,
             code,
             target_tid: target,
-            group,
-            result,
+            group: rest.group,
+            result: rest.result,
         },
     );
+}
+
+/// The fields of a signal only a recorded one needs (read only then).
+struct SignalRest {
+    errno: i32,
+    group: i32,
+    result: i32,
 }
 
 /// `signal:signal_generate` through perf: the fallback when the raw
@@ -617,12 +638,14 @@ fn on_signal_tracepoint(ctx: &TracePointContext) {
     on_signal(
         ctx,
         sig,
-        read_i32(ctx, layout.errno).unwrap_or(0),
         code,
         target,
-        None,
-        read_i32(ctx, layout.group).unwrap_or(-1),
-        read_i32(ctx, layout.result).unwrap_or(-1),
+        || None,
+        || SignalRest {
+            errno: read_i32(ctx, layout.errno).unwrap_or(0),
+            group: read_i32(ctx, layout.group).unwrap_or(-1),
+            result: read_i32(ctx, layout.result).unwrap_or(-1),
+        },
     );
 }
 
@@ -660,41 +683,50 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
         count_unreadable(&ctx, "signal_generate target task_struct.pid");
         return 0;
     };
-    let (errno, code) = if info > SEND_SIG_PRIV {
+    let has_siginfo = info > SEND_SIG_PRIV;
+    let code = if has_siginfo {
         // SAFETY: as above. An unreadable si_code would turn a timer signal
         // into some other one: the event is counted lost instead.
-        let read = unsafe {
-            (
-                bpf_probe_read_kernel((info as usize + SIGINFO_ERRNO_OFFSET) as *const i32),
-                bpf_probe_read_kernel((info as usize + SIGINFO_CODE_OFFSET) as *const i32),
-            )
-        };
-        let (Ok(errno), Ok(code)) = read else {
-            count_unreadable(&ctx, "signal_generate siginfo si_errno or si_code");
+        let read =
+            unsafe { bpf_probe_read_kernel((info as usize + SIGINFO_CODE_OFFSET) as *const i32) };
+        let Ok(code) = read else {
+            count_unreadable(&ctx, "signal_generate siginfo si_code");
             return 0;
         };
-        (errno, code)
+        code
     } else if info == SEND_SIG_PRIV {
-        (0, SI_KERNEL)
+        SI_KERNEL
     } else {
-        (0, SI_USER)
+        SI_USER
     };
     let tgid_offset = config().task_tgid_offset;
-    let target_tgid = (tgid_offset != FIELD_ABSENT)
-        .then(|| {
-            // SAFETY: as above.
-            unsafe { bpf_probe_read_kernel((task + u64::from(tgid_offset)) as *const u32) }.ok()
-        })
-        .flatten();
     on_signal(
         &ctx,
         sig as i32,
-        errno,
         code,
         target,
-        target_tgid,
-        group as i32,
-        result as i32,
+        || {
+            (tgid_offset != FIELD_ABSENT)
+                .then(|| {
+                    // SAFETY: as above.
+                    unsafe { bpf_probe_read_kernel((task + u64::from(tgid_offset)) as *const u32) }
+                        .ok()
+                })
+                .flatten()
+        },
+        || SignalRest {
+            // SAFETY: as above; an unreadable si_errno is recorded as 0.
+            errno: if has_siginfo {
+                unsafe {
+                    bpf_probe_read_kernel((info as usize + SIGINFO_ERRNO_OFFSET) as *const i32)
+                }
+                .unwrap_or(0)
+            } else {
+                0
+            },
+            group: group as i32,
+            result: result as i32,
+        },
     );
     0
 }

@@ -10,15 +10,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
-use tracer::repro::{self, TimerMode};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro, tkill_repro};
+use tracer::repro::{self, ReproReport, TimerMode};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
-#[test]
-fn json_lines_totals_equal_the_reproducers_counts() {
-    if !have_root("live json") || !have_kvm("live json") {
-        return;
+/// `tracer live --json` while the reproducer runs, kicked by `kick`: the
+/// last line that shows the vCPU row, and the reproducer's report.
+fn live_json_last_row(
+    name: &str,
+    config: &repro::ReproConfig,
+) -> Option<(serde_json::Value, ReproReport)> {
+    if !have_root(name) || !have_kvm(name) {
+        return None;
     }
     let pid = std::process::id();
     let mut live = Command::new(TRACER)
@@ -40,13 +44,7 @@ fn json_lines_totals_equal_the_reproducers_counts() {
     // The first line means the probes are attached.
     let first = lines.next().expect("a first JSON line").unwrap();
     assert!(first.contains("\"status\""), "{first}");
-    let report = repro::run(&split_lock_repro(
-        Duration::from_millis(2),
-        Duration::from_secs(2),
-        1,
-        TimerMode::PerRun,
-    ))
-    .unwrap();
+    let report = repro::run(config).unwrap();
     let vcpu = &report.vcpus[0];
     // The thread has exited: it leaves the view once silent for the window,
     // so take the last line that still shows it (after its last event).
@@ -58,25 +56,15 @@ fn json_lines_totals_equal_the_reproducers_counts() {
         .map(|line| serde_json::from_str(&line).unwrap())
         .expect("a JSON line with the vCPU row");
     assert!(live.wait().unwrap().success());
-    let rows = last["rows"].as_array().unwrap();
-    let row = rows
+    assert_eq!(last["status"]["lost_ring"], 0);
+    assert_eq!(last["status"]["counter_map_full"], 0);
+    let row = last["rows"]
+        .as_array()
+        .unwrap()
         .iter()
         .find(|row| row["tid"] == vcpu.tid)
-        .unwrap_or_else(|| panic!("no row for tid {}: {last}", vcpu.tid));
-    let recursion = last["status"]["lost_kernel_skipped"].as_u64().unwrap();
-    assert_eq!(last["status"]["lost_ring"], 0);
-    let eintr = row["totals"]["eintr_exits"].as_u64().unwrap();
-    let signals = row["totals"]["timer_signals"].as_u64().unwrap();
-    assert_eq!(last["status"]["counter_map_full"], 0);
-    // The kernel-side counters are exact whatever happens to the ring.
-    assert_eq!(row["kernel"]["eintr_exits"].as_u64(), Some(eintr), "{row}");
-    assert_eq!(
-        row["kernel"]["timer_signals"].as_u64(),
-        Some(signals),
-        "{row}"
-    );
-    assert_counted("EINTR exits", eintr, vcpu.eintr_returns, recursion);
-    assert_counted("timer signals", signals, vcpu.signals_consumed, recursion);
+        .unwrap_or_else(|| panic!("no row for tid {}: {last}", vcpu.tid))
+        .clone();
     assert_eq!(row["pid"], pid);
     assert_eq!(row["vcpu"], 0);
     assert_eq!(row["comm"], "CPU 0/KVM");
@@ -84,6 +72,71 @@ fn json_lines_totals_equal_the_reproducers_counts() {
     assert!(
         matches!(row["verdict"].as_str(), Some("ok" | "idle")),
         "{row}"
+    );
+    let recursion = last["status"]["lost_kernel_skipped"].as_u64().unwrap();
+    let eintr = row["totals"]["eintr_exits"].as_u64().unwrap();
+    // The kernel-side counters are exact whatever happens to the ring.
+    assert_eq!(row["kernel"]["eintr_exits"].as_u64(), Some(eintr), "{row}");
+    assert_counted("EINTR exits", eintr, vcpu.eintr_returns, recursion);
+    Some((
+        serde_json::json!({ "row": row, "recursion": recursion }),
+        report,
+    ))
+}
+
+#[test]
+fn json_lines_totals_equal_the_reproducers_counts() {
+    let Some((seen, report)) = live_json_last_row(
+        "live json",
+        &split_lock_repro(
+            Duration::from_millis(2),
+            Duration::from_secs(2),
+            1,
+            TimerMode::PerRun,
+        ),
+    ) else {
+        return;
+    };
+    let (row, vcpu) = (&seen["row"], &report.vcpus[0]);
+    let signals = row["totals"]["timer_signals"].as_u64().unwrap();
+    assert_eq!(
+        row["kernel"]["timer_signals"].as_u64(),
+        Some(signals),
+        "{row}"
+    );
+    assert_counted(
+        "timer signals",
+        signals,
+        vcpu.signals_consumed,
+        seen["recursion"].as_u64().unwrap(),
+    );
+}
+
+/// The same with QEMU's kick: the main thread `pthread_kill`s the vCPU
+/// thread every 2 ms. Every kick it sent is on the row, exactly, as a
+/// tkill SIGUSR1 kick with its period (tkill signals are not timer signals,
+/// so the perf-count skip tally does not cover them: equality, no bounds).
+#[test]
+fn json_lines_show_every_tkill_kick_of_the_reproducer() {
+    let Some((seen, report)) = live_json_last_row(
+        "live json tkill",
+        &tkill_repro(Duration::from_millis(2), Duration::from_secs(2), 1),
+    ) else {
+        return;
+    };
+    let (row, vcpu) = (&seen["row"], &report.vcpus[0]);
+    assert!(vcpu.kicks_sent > 300, "{vcpu:?}");
+    let parsed: tracer_events::ThreadRow = serde_json::from_value(row.clone()).unwrap();
+    let kick = parsed.kicks.first().expect("a kick on the vCPU row");
+    assert_eq!(kick.kind, tracer_events::SignalKind::Tkill, "{row}");
+    assert_eq!(kick.signal, "SIGUSR1");
+    assert_eq!(kick.count, vcpu.kicks_sent, "{row}");
+    let period = kick.period_ms.expect("kick period");
+    assert!((1.8..=2.6).contains(&period), "kick period {period} ms");
+    assert_eq!(parsed.totals.other_signals, vcpu.kicks_sent);
+    assert_eq!(
+        parsed.kernel.as_ref().map(|kernel| kernel.other_signals),
+        Some(vcpu.kicks_sent)
     );
 }
 

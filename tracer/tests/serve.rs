@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro};
+use common::{assert_counted, have_kvm, have_root, skip, split_lock_repro, tkill_repro};
 use tracer::repro::{self, TimerMode};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
@@ -217,6 +217,38 @@ fn prometheus_scrapes_the_vcpu_counters_of_the_reproducer() {
         ),
     );
     assert_eq!(verdict, Some(1.0));
+
+    // QEMU's kick: the main thread pthread_kills the vCPU thread every
+    // millisecond. Every kick reaches Prometheus as a tkill SIGUSR1 kick,
+    // exactly (the kernel's counter; tkill signals are not timer signals,
+    // so no skip tally covers them).
+    let report = repro::run(&tkill_repro(
+        Duration::from_millis(1),
+        Duration::from_millis(1500),
+        1,
+    ))
+    .unwrap();
+    let vcpu = &report.vcpus[0];
+    assert!(vcpu.kicks_sent > 500, "{vcpu:?}");
+    let query = format!(
+        "split_lock_tracer_kick_signals_total{{tid=\"{}\",vcpu=\"0\",pid=\"{}\",signal=\"SIGUSR1\",kind=\"tkill\"}}",
+        vcpu.tid, report.pid
+    );
+    let started = Instant::now();
+    let kicks = loop {
+        let kicks = query_max(&prometheus, &query);
+        if kicks.is_some_and(|kicks| kicks as u64 >= vcpu.kicks_sent)
+            || started.elapsed() > Duration::from_secs(15)
+        {
+            break kicks;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        kicks.map(|kicks| kicks as u64),
+        Some(vcpu.kicks_sent),
+        "{query}"
+    );
     drop(serve);
 }
 

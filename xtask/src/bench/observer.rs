@@ -18,10 +18,11 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// The bpftrace peer: counts, per thread, the events the tracer takes from
-/// the same tracepoints (timer signals by target, KVM_RUN returns, VM exits).
+/// the same tracepoints (timer and tkill signals by target and si_code,
+/// KVM_RUN returns, VM exits).
 const BPFTRACE_SCRIPT: &str = r#"
 BEGIN { printf("attached\n"); }
-tracepoint:signal:signal_generate /args->code == -2/ { @timer[args->pid] = count(); }
+tracepoint:signal:signal_generate /args->code == -2 || args->code == -6/ { @signals[args->pid, args->code] = count(); }
 tracepoint:kvm:kvm_userspace_exit { @exits[tid, args->errno] = count(); }
 tracepoint:kvm:kvm_exit { @vmexits[tid] = count(); }
 "#;
@@ -359,13 +360,16 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// bpftrace's `@timer[tid]` counts from its final map dump.
+/// bpftrace's timer-signal counts per target thread (`@signals[tid, -2]`)
+/// from its final map dump.
 pub fn bpftrace_timer_counts(stdout: &str) -> std::collections::HashMap<u32, u64> {
     stdout
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix("@timer[")?;
-            let (tid, count) = rest.split_once("]:")?;
+            let rest = line.strip_prefix("@signals[")?;
+            let (key, count) = rest.split_once("]:")?;
+            let (tid, code) = key.split_once(',')?;
+            (code.trim() == "-2").then_some(())?;
             Some((tid.trim().parse().ok()?, count.trim().parse().ok()?))
         })
         .collect()

@@ -8,7 +8,10 @@ use tracer_events::{
     TrapSource, Verdict,
 };
 
-use super::{ReportJson, StormReport, pattern_onset, read_recording};
+use super::{
+    ReportJson, StormReport, kernel_counts, observer::bpftrace_timer_counts, pattern_onset,
+    read_kick_recording, read_recording,
+};
 
 fn metadata() -> Metadata {
     Metadata {
@@ -251,4 +254,58 @@ fn storm_report_reads_what_the_storm_prints() {
         [(101, 400_000), (102, 410_000)]
     );
     assert!((report.signals_per_s - 405_000.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn read_kick_recording_counts_tkill_kicks_and_eintr_returns_of_the_vcpu_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kicks.jsonl");
+    let kick = |ts_ns, target_tid, code| {
+        event(
+            ts_ns,
+            1,
+            EventBody::Signal {
+                sig: 10,
+                errno: 0,
+                code,
+                target_tid,
+                group: Some(0),
+                result: Some(0),
+            },
+        )
+    };
+    let exit = |ts_ns, tid, errno| event(ts_ns, tid, EventBody::UserspaceExit { reason: 0, errno });
+    let mut with_row = summary();
+    with_row.threads = Vec::new();
+    write(
+        &path,
+        &[
+            kick(1, 11, -6),
+            kick(2, 11, -6),
+            // A timer signal and a kick to another thread are not kicks of 11.
+            kick(3, 11, -2),
+            kick(4, 99, -6),
+            exit(5, 11, -4),
+            // Not EINTR, and not a storm thread.
+            exit(6, 11, 0),
+            exit(7, 99, -4),
+            Record::Summary(Box::new(with_row)),
+        ],
+    );
+    let tids: HashSet<u32> = [11].into_iter().collect();
+    let counted = read_kick_recording(&path, &tids).unwrap();
+    assert_eq!(counted.kicks.get(&11), Some(&2));
+    assert_eq!(counted.eintr.get(&11), Some(&1));
+    assert_eq!(counted.kicks.len() + counted.eintr.len(), 2);
+    let kernel = kernel_counts(&counted.summary.unwrap());
+    assert_eq!(kernel[&11].timer_signals, 3);
+}
+
+#[test]
+fn bpftrace_timer_counts_reads_only_the_timer_signals_of_its_map_dump() {
+    let dump = "attached\n\n@signals[1234, -2]: 17\n@signals[1234, -6]: 5\n@signals[99, -2]: 1\n@exits[1234, -4]: 3\n";
+    let counts = bpftrace_timer_counts(dump);
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts[&1234], 17);
+    assert_eq!(counts[&99], 1);
 }
