@@ -57,7 +57,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Build the static musl binary and the Debian package into target/dist/.
+    /// Build the static binary and the Debian package into target/dist/.
     Dist,
     /// Boot Debian's 6.1 and 6.12 kernels under QEMU, check every probe there and run the handler scenarios.
     VmTest {

@@ -204,8 +204,10 @@ fn main() {
     result["kprobe_pmu"] =
         json!(std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists());
     result["probes"] = run_json(&["probes", "--json"]);
-    // A real session in full mode: record while this thread takes timer
-    // signals, then replay it with report.
+    // A real session in full mode: record while this thread (init: not a
+    // vCPU, never split-locking) takes timer signals, then replay it with
+    // report. The tracer only counts such signals (the summary's
+    // `signals_to_other_threads`), it records none of them.
     let recorder = Command::new("/tracer")
         .args(["record", "-o", "/tmp/rec.jsonl", "-d", "8s", "-i", "10s"])
         .spawn();
@@ -236,11 +238,19 @@ fn main() {
                         && l.contains("\"target_tid\":1,")
                 })
                 .count();
+            let untracked_timer = recording
+                .lines()
+                .filter(|l| l.starts_with("{\"type\":\"summary\""))
+                .find_map(|l| {
+                    serde_json::from_str::<Value>(l).ok()?["signals_to_other_threads"]["timer"]
+                        .as_u64()
+                });
             result["record"] = json!({
                 "exit": format!("{status:?}"),
                 "signals_sent": sent.as_ref().ok(),
                 "signal_error": sent.err(),
                 "si_timer_events_for_init": seen,
+                "untracked_timer_signals": untracked_timer,
                 "sleep_return_events": sleep_returns,
                 "report_exit": report["exit"].clone(),
                 "report_mode": report["stdout"]["mode"].clone(),
