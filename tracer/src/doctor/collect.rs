@@ -13,7 +13,10 @@ use serde::Serialize;
 use super::{DoctorReport, Logs};
 use tracer_events::redact::{REDACTED, redact_kernel_cmdline};
 
-use crate::kernel::{bounded, host::HostRoot};
+use crate::kernel::{
+    bounded,
+    host::{FileSeen, HostRoot},
+};
 
 /// Symbols whose kallsyms lines are kept (doctor looks for nothing else).
 const KEPT_SYMBOLS: [&str; 5] = [
@@ -118,29 +121,36 @@ pub fn collect(
         .with_context(|| format!("creating {}", dir.display()))?;
     let mut files = Vec::new();
     let mut vm_names = Vec::new();
-    for (absolute, content_read) in host.files_read() {
+    for (absolute, seen) in host.files_read() {
         let source = Path::new(&absolute);
         let target = dir.join(absolute.trim_start_matches('/'));
-        if source.is_dir() {
-            std::fs::create_dir_all(&target)
-                .with_context(|| format!("creating {}", target.display()))?;
-            continue;
-        }
-        if !content_read {
-            // Only its existence was checked: an empty file says the same.
-            if source.exists() {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
+        let text = match seen {
+            // Only its existence was checked: an empty file says the same
+            // (a directory stays a directory).
+            FileSeen::Exists => {
+                if source.is_dir() {
+                    std::fs::create_dir_all(&target)
+                        .with_context(|| format!("creating {}", target.display()))?;
+                } else if source.exists() {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&target, "")
+                        .with_context(|| format!("writing {}", target.display()))?;
+                    files.push(absolute);
                 }
-                std::fs::write(&target, "")
-                    .with_context(|| format!("writing {}", target.display()))?;
-                files.push(absolute);
+                continue;
             }
-            continue;
-        }
-        let Ok(text) = bounded::read_capped(source, bounded::cap_of(&absolute)) else {
-            // Read failed for doctor too (N/A); nothing to copy.
-            continue;
+            // What doctor read, not what the file holds now.
+            FileSeen::Read(text) => text,
+            FileSeen::Streamed => {
+                let Ok(text) = bounded::read_capped(source, bounded::cap_of(&absolute)) else {
+                    continue;
+                };
+                text
+            }
+            // The read failed for doctor too (N/A): nothing to copy.
+            FileSeen::Unreadable => continue,
         };
         let content = if absolute == "/proc/kallsyms" {
             kallsyms_excerpt(&text)
@@ -193,6 +203,43 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The snapshot holds what doctor read, not what the host holds when
+    /// the copy is made: a file that changed or went away in between (a
+    /// VM's `/proc/PID/cmdline` when it exits) is copied as doctor saw it.
+    #[test]
+    fn the_snapshot_holds_what_doctor_read_even_if_the_host_changed_since() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/sys/kernel")).unwrap();
+        let cmdline = "BOOT_IMAGE=/vmlinuz split_lock_detect=warn\n";
+        std::fs::write(root.path().join("proc/cmdline"), cmdline).unwrap();
+        std::fs::write(
+            root.path().join("proc/sys/kernel/split_lock_mitigate"),
+            "1\n",
+        )
+        .unwrap();
+        let host = HostRoot::tracking(root.path());
+        let logs = Logs::read(&host);
+        let report = crate::doctor::run(&host, &logs);
+        std::fs::remove_file(root.path().join("proc/cmdline")).unwrap();
+        std::fs::write(
+            root.path().join("proc/sys/kernel/split_lock_mitigate"),
+            "0\n",
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("snapshot");
+        let manifest = collect(&dir, false, report, &host, &logs).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("proc/cmdline")).unwrap(),
+            cmdline
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("proc/sys/kernel/split_lock_mitigate")).unwrap(),
+            "1\n"
+        );
+        assert!(manifest.files.iter().any(|file| file == "/proc/cmdline"));
+    }
 
     #[test]
     fn kallsyms_excerpt_keeps_names_and_hides_addresses() {

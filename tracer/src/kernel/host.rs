@@ -13,14 +13,29 @@ use super::bounded;
 /// The kvm modules whose parameters matter here.
 pub const KVM_MODULES: [&str; 3] = ["kvm", "kvm_intel", "kvm_amd"];
 
+/// What a tracking [`HostRoot`] remembers of one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSeen {
+    /// Only its existence was checked.
+    Exists,
+    /// Its content as it was read (the whole capped file, or its tail):
+    /// `doctor --collect` copies this, not what the file holds later, so
+    /// the snapshot is what doctor judged even if the host changed since
+    /// (a VM that exited, a log that rotated).
+    Read(String),
+    /// Read as a stream (too large to keep, e.g. kallsyms): copied from
+    /// the file again.
+    Streamed,
+    /// The read failed (doctor reported it N/A): nothing to copy.
+    Unreadable,
+}
+
 /// A view of a host's files under `root` (`/` for the live host).
 #[derive(Clone, Debug)]
 pub struct HostRoot {
     root: PathBuf,
-    /// Absolute host paths used so far, when tracking (`doctor --collect`):
-    /// `true` when the content was read, `false` when only its existence
-    /// was checked.
-    reads: Option<std::sync::Arc<std::sync::Mutex<BTreeMap<String, bool>>>>,
+    /// Absolute host paths used so far, when tracking (`doctor --collect`).
+    reads: Option<std::sync::Arc<std::sync::Mutex<BTreeMap<String, FileSeen>>>>,
 }
 
 impl HostRoot {
@@ -45,28 +60,54 @@ impl HostRoot {
         }
     }
 
-    /// Absolute host paths used so far, with `true` where the content was
-    /// read and `false` where only existence was checked (empty unless tracking).
-    pub fn files_read(&self) -> Vec<(String, bool)> {
+    /// Absolute host paths used so far, with what was seen of each
+    /// (empty unless tracking).
+    pub fn files_read(&self) -> Vec<(String, FileSeen)> {
         self.reads.as_ref().map_or_else(Vec::new, |reads| {
             reads
                 .lock()
                 .map(|map| {
                     map.iter()
-                        .map(|(path, read)| (path.clone(), *read))
+                        .map(|(path, seen)| (path.clone(), seen.clone()))
                         .collect()
                 })
                 .unwrap_or_default()
         })
     }
 
-    fn note(&self, absolute: &str, content: bool) {
+    /// Remembers what was seen of `absolute`: a read's content replaces a
+    /// mere existence check or an earlier failure, and the first content
+    /// read is kept (it is what the first check judged).
+    fn note(&self, absolute: &str, seen: FileSeen) {
         if let Some(reads) = &self.reads
             && let Ok(mut map) = reads.lock()
         {
-            let entry = map.entry(absolute.to_owned()).or_insert(content);
-            *entry |= content;
+            let entry = map.entry(absolute.to_owned()).or_insert(FileSeen::Exists);
+            let keep = matches!(
+                (&*entry, &seen),
+                (FileSeen::Read(_), _)
+                    | (_, FileSeen::Exists)
+                    | (FileSeen::Streamed, FileSeen::Unreadable)
+            );
+            let replace = !keep;
+            if replace {
+                *entry = seen;
+            }
         }
+    }
+
+    /// Notes the outcome of reading `absolute` and passes it on.
+    fn noted(&self, absolute: &str, read: std::io::Result<String>) -> std::io::Result<String> {
+        if self.reads.is_some() {
+            self.note(
+                absolute,
+                match &read {
+                    Ok(text) => FileSeen::Read(text.clone()),
+                    Err(_) => FileSeen::Unreadable,
+                },
+            );
+        }
+        read
     }
 
     /// Whether this is the live host (`/`).
@@ -86,7 +127,7 @@ impl HostRoot {
 
     /// Whether an absolute host path exists under the root.
     pub fn exists(&self, absolute: &str) -> bool {
-        self.note(absolute, false);
+        self.note(absolute, FileSeen::Exists);
         self.path(absolute).exists()
     }
 
@@ -103,20 +144,21 @@ impl HostRoot {
     /// Reads a regular file as text, up to its kind's cap
     /// ([`bounded::cap_of`]); a FIFO, device or oversized file is an error.
     pub fn read(&self, absolute: &str) -> std::io::Result<String> {
-        self.note(absolute, true);
-        bounded::read_capped(&self.path(absolute), bounded::cap_of(absolute))
+        self.noted(
+            absolute,
+            bounded::read_capped(&self.path(absolute), bounded::cap_of(absolute)),
+        )
     }
 
     /// Reads the last `cap` bytes of a regular file (a log).
     pub fn read_tail(&self, absolute: &str, cap: u64) -> std::io::Result<String> {
-        self.note(absolute, true);
-        bounded::read_tail(&self.path(absolute), cap)
+        self.noted(absolute, bounded::read_tail(&self.path(absolute), cap))
     }
 
     /// Opens a regular file for streaming, failing once more than its
     /// kind's cap is read.
     pub fn open_capped(&self, absolute: &str) -> std::io::Result<bounded::Capped<std::fs::File>> {
-        self.note(absolute, true);
+        self.note(absolute, FileSeen::Streamed);
         let file = bounded::open_regular(&self.path(absolute))?;
         Ok(bounded::Capped::new(file, bounded::cap_of(absolute)))
     }
@@ -241,7 +283,10 @@ impl HostRoot {
                 if let Some(index) = crate::model::vcpu_index_from_comm(comm.trim()) {
                     // Only vCPU threads go into a `--collect` snapshot (not
                     // every thread of the host).
-                    self.note(&format!("/proc/{pid}/task/{tid}/comm"), true);
+                    self.note(
+                        &format!("/proc/{pid}/task/{tid}/comm"),
+                        FileSeen::Read(comm.clone()),
+                    );
                     vcpus.push(VcpuThread { index, tid });
                 }
             }
