@@ -11,6 +11,7 @@
 //! periods shorter than the punishment sleep give zero guest progress.
 
 pub mod sweep;
+pub mod sweep_trace;
 
 use std::{
     collections::BTreeMap,

@@ -9,6 +9,7 @@ use crate::{
     repro::{
         self, ReproConfig, ReproReport,
         sweep::{self, SweepHost, SweepRange},
+        sweep_trace::SweepTracer,
     },
 };
 
@@ -89,14 +90,30 @@ fn run_sweep(args: &ReproArgs, range: SweepRange, template: &ReproConfig) -> any
             bail!("{}: no directory {}", path.display(), parent.display());
         }
     }
-    let table = sweep::run(template, &periods, SweepHost::read(), |period| {
-        if !args.json {
-            announce(&ReproConfig {
-                period,
-                ..template.clone()
-            });
+    // The tracer's own probes count what the reproducer cannot see.
+    let mut tracer = match SweepTracer::start() {
+        Ok(tracer) => Some(tracer),
+        Err(error) => {
+            eprintln!(
+                "repro: the sweep runs without the tracer's probes (no #AC, punishment or verdict columns): {error:#}"
+            );
+            None
         }
-    })?;
+    };
+    let table = sweep::run(
+        template,
+        &periods,
+        SweepHost::read(),
+        tracer.as_mut(),
+        |period| {
+            if !args.json {
+                announce(&ReproConfig {
+                    period,
+                    ..template.clone()
+                });
+            }
+        },
+    )?;
     if args.json {
         for report in &table.reports {
             println!("{}", serde_json::to_string(report)?);

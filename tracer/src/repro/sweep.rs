@@ -4,9 +4,11 @@
 //! Every row is the sum over the vCPUs of one [`super::run`] report; the
 //! JSON table keeps those reports too, so a row can be checked against the
 //! reproducer's own counts. Counts the reproducer cannot see (#AC exits,
-//! interrupted punishments, the classifier's verdict) are left empty with
-//! the reason, except where the CPU cannot trap split locks at all (then
-//! there are none).
+//! interrupted punishments, the classifier's verdict) come from the
+//! tracer's own probes around each run ([`super::sweep_trace`]), with a
+//! second count of the EINTR returns and kicks; where the probes cannot be
+//! attached they are left empty with the reason, except where the CPU
+//! cannot trap split locks at all (then there are none).
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
@@ -14,7 +16,10 @@ use anyhow::Context as _;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{Kick, ReproConfig, ReproReport};
+use super::{
+    Kick, ReproConfig, ReproReport,
+    sweep_trace::{SweepTracer, TracedRun},
+};
 
 /// Most periods one sweep runs (each runs for the whole `--duration`).
 pub const MAX_POINTS: u64 = 200;
@@ -264,8 +269,19 @@ pub struct SweepRow {
     pub ac_exits: Option<u64>,
     /// Punishment sleeps cut short by a signal; `None` as above.
     pub interrupted_punishments: Option<u64>,
-    /// The tracer's verdict; `None`: the sweep runs no classifier.
+    /// The tracer's verdict (the worst over the run's vCPU threads);
+    /// `None`: the sweep ran without the tracer's probes.
     pub verdict: Option<String>,
+    /// EINTR returns the tracer counted (its in-kernel counters), beside
+    /// the reproducer's `eintr_exits`; `None` without the probes.
+    #[serde(default)]
+    pub traced_eintr_exits: Option<u64>,
+    /// Signals the tracer counted for the vCPU threads, beside `kicks`.
+    #[serde(default)]
+    pub traced_signals: Option<u64>,
+    /// Events the tracer lost or the kernel skipped during the run.
+    #[serde(default)]
+    pub traced_lost: Option<u64>,
     /// No guest progress at all although the vCPU was kicked (what a
     /// livelocked period looks like from the VMM).
     pub stalled: bool,
@@ -274,7 +290,12 @@ pub struct SweepRow {
 impl SweepRow {
     /// The row of one run; `no_traps`: the CPU cannot trap split locks, so
     /// there are no #AC exits and no punishments to count.
-    pub fn from_report(report: &ReproReport, kick: Kick, no_traps: bool) -> Self {
+    pub fn from_report(
+        report: &ReproReport,
+        traced: Option<&TracedRun>,
+        kick: Kick,
+        no_traps: bool,
+    ) -> Self {
         let sum =
             |field: fn(&super::VcpuReport) -> u64| -> u64 { report.vcpus.iter().map(field).sum() };
         let elapsed_s = report.elapsed_us as f64 / 1e6;
@@ -304,16 +325,21 @@ impl SweepRow {
             signals_consumed,
             timer_overruns,
             other_exits: sum(|vcpu| vcpu.other_exits.values().sum()),
-            ac_exits: none_or_zero,
-            interrupted_punishments: none_or_zero,
-            verdict: None,
+            ac_exits: traced.map(|run| run.ac_exits).or(none_or_zero),
+            interrupted_punishments: traced
+                .map(|run| run.interrupted_punishments)
+                .or(none_or_zero),
+            verdict: traced.map(|run| run.verdict.clone()),
+            traced_eintr_exits: traced.map(|run| run.eintr_exits),
+            traced_signals: traced.map(|run| run.signals),
+            traced_lost: traced.map(|run| run.lost),
             stalled: guest_iterations == 0 && kicks > 0,
         }
     }
 }
 
 /// The CSV header, in [`SweepRow`]'s field order.
-pub const CSV_HEADER: [&str; 18] = [
+pub const CSV_HEADER: [&str; 21] = [
     "period_ms",
     "elapsed_s",
     "vcpus",
@@ -331,6 +357,9 @@ pub const CSV_HEADER: [&str; 18] = [
     "ac_exits",
     "interrupted_punishments",
     "verdict",
+    "traced_eintr_exits",
+    "traced_signals",
+    "traced_lost",
     "stalled",
 ];
 
@@ -349,35 +378,52 @@ pub struct SweepTable {
     pub duration_per_period_s: f64,
     /// `msleep_interruptible(10)` at this HZ, ms (shortest, longest).
     pub punishment_sleep_ms: (f64, f64),
-    /// Why a column is empty (or zero), by column name.
+    /// How each column the reproducer cannot count was filled (by the
+    /// tracer's probes), or why it is empty or zero, by column name.
     pub unavailable: BTreeMap<String, String>,
     /// One row per period.
     pub rows: Vec<SweepRow>,
     /// The reproducer's own reports the rows were summed from.
     pub reports: Vec<ReproReport>,
+    /// The tracer's mode during the sweep (`full`, `tracepoint-only`);
+    /// `None`: it ran without the tracer's probes.
+    #[serde(default)]
+    pub traced_mode: Option<String>,
+    /// What the tracer saw of each run, in the order of `reports`.
+    #[serde(default)]
+    pub traced: Vec<TracedRun>,
 }
 
 /// Runs the reproducer at each of `periods` (every other setting from
-/// `template`); `progress` is called before each run.
+/// `template`), under the tracer's probes when `tracer` is given;
+/// `progress` is called before each run.
 pub fn run(
     template: &ReproConfig,
     periods: &[Duration],
     host: SweepHost,
+    mut tracer: Option<&mut SweepTracer>,
     mut progress: impl FnMut(Duration),
 ) -> anyhow::Result<SweepTable> {
     let mut reports = Vec::with_capacity(periods.len());
+    let mut seen_by_tracer = Vec::new();
     for &period in periods {
         progress(period);
         let config = ReproConfig {
             period,
             ..template.clone()
         };
-        reports.push(
-            super::run(&config)
-                .with_context(|| format!("running the reproducer at a {period:?} period"))?,
-        );
+        let failed = || format!("running the reproducer at a {period:?} period");
+        match tracer.as_deref_mut() {
+            Some(tracer) => {
+                let (report, run) = tracer.trace(|| super::run(&config)).with_context(failed)?;
+                reports.push(report);
+                seen_by_tracer.push(run);
+            }
+            None => reports.push(super::run(&config).with_context(failed)?),
+        }
     }
-    Ok(SweepTable::new(template, host, reports))
+    let mode = tracer.map(|tracer| tracer.mode().to_string());
+    Ok(SweepTable::new(template, host, reports).with_traced(mode, seen_by_tracer))
 }
 
 impl SweepTable {
@@ -408,7 +454,7 @@ impl SweepTable {
         );
         let rows = reports
             .iter()
-            .map(|report| SweepRow::from_report(report, template.kick, no_traps))
+            .map(|report| SweepRow::from_report(report, None, template.kick, no_traps))
             .collect();
         Self {
             version: TABLE_VERSION,
@@ -420,7 +466,53 @@ impl SweepTable {
             unavailable,
             rows,
             reports,
+            traced_mode: None,
+            traced: Vec::new(),
         }
+    }
+
+    /// The table with what the tracer saw of each run (`traced` in the
+    /// order of the reports) filled into the rows; `mode` is `None` when
+    /// the sweep ran without the tracer's probes.
+    #[must_use]
+    pub fn with_traced(mut self, mode: Option<String>, traced: Vec<TracedRun>) -> Self {
+        let Some(mode) = mode else {
+            return self;
+        };
+        let no_traps = self.host.cpu_traps_split_locks == Some(false);
+        self.rows = self
+            .reports
+            .iter()
+            .zip(&traced)
+            .map(|(report, run)| SweepRow::from_report(report, Some(run), self.kick, no_traps))
+            .collect();
+        let how = if no_traps {
+            "counted by the tracer's probes; this CPU cannot trap split locks (no split_lock_detect flag in /proc/cpuinfo), so they stay 0"
+        } else {
+            "counted by the tracer's probes"
+        };
+        self.unavailable.insert(
+            "ac_exits".into(),
+            format!("{how} (kvm:kvm_exit, the kernel's per-thread counter; mode {mode})"),
+        );
+        self.unavailable.insert(
+            "interrupted_punishments".into(),
+            format!(
+                "{how} ({}; mode {mode})",
+                if mode == "full" {
+                    "msleep_interruptible's return inside handle_guest_split_lock"
+                } else {
+                    "inferred from an #AC exit followed by an EINTR return, without kprobes"
+                }
+            ),
+        );
+        self.unavailable.insert(
+            "verdict".into(),
+            format!("the classifier's worst verdict for the run's vCPU threads (mode {mode})"),
+        );
+        self.traced_mode = Some(mode);
+        self.traced = traced;
+        self
     }
 
     /// The rows as CSV (header [`CSV_HEADER`]; an unknown count is an
@@ -451,6 +543,9 @@ impl SweepTable {
                     .clone()
                     .unwrap_or_default()
                     .replace([',', '\n'], " "),
+                option(row.traced_eintr_exits),
+                option(row.traced_signals),
+                option(row.traced_lost),
                 row.stalled.to_string(),
             ];
             let _ = writeln!(csv, "{}", fields.join(","));
@@ -804,7 +899,7 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER.join(","));
         assert_eq!(
             lines[2],
-            "20,0.5,2,500,1000,200,400,198,396,198,396,196,2,2,,,,false"
+            "20,0.5,2,500,1000,200,400,198,396,198,396,196,2,2,,,,,,,false"
         );
         let tkill = SweepTable::new(
             &template(Kick::Tkill),
