@@ -4,7 +4,8 @@
 //! a terminal they set its title, clear the screen or forge trace lines.
 //! Every text output (table, ftrace text, live view, doctor) passes them
 //! through [`escape`]; JSON outputs keep the exact value (serde escapes
-//! control characters there).
+//! control characters there). Also the number formats every text
+//! output shares ([`rate`]).
 
 use std::{borrow::Cow, fmt::Write as _};
 
@@ -12,6 +13,16 @@ use std::{borrow::Cow, fmt::Write as _};
 /// ESC), DEL, or C1 (U+0080..U+009F, which some terminals obey as CSI).
 fn is_control(c: char) -> bool {
     c.is_control()
+}
+
+/// A per-second rate as the tables and the live view show it: whole
+/// numbers without decimals, one decimal below 10 where it has one.
+pub fn rate(value: f64) -> String {
+    if value < 10.0 && value.fract() != 0.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
 }
 
 /// `text` with every control character written as `\xNN` (C0, DEL) or

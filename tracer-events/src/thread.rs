@@ -200,6 +200,20 @@ impl ThreadRow {
             && self.signals_per_s == 0.0
     }
 
+    /// The signals cell of the tables and the live view: the rate, and
+    /// for the most frequent kick in the window its period and how it is
+    /// sent (`906 (1.1 ms timer)`, `20 (50.0 ms tkill)`).
+    pub fn signals_cell(&self) -> String {
+        let signals = crate::text::rate(self.signals_per_s);
+        let kick = self.kicks.iter().find(|kick| kick.per_s > 0.0);
+        match kick.and_then(|kick| kick.period_ms.map(|period| (kick, period))) {
+            Some((kick, period)) => {
+                format!("{signals} ({period:.1} ms {})", kick.kind.short_label())
+            }
+            None => signals,
+        }
+    }
+
     /// `LIVELOCK` or `LIVELOCK?` for inferred verdicts.
     pub fn verdict_label(&self) -> String {
         if self.confirmed {

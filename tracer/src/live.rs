@@ -3,10 +3,13 @@
 
 use std::fmt::Write as _;
 
-use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
-use tracer_events::{ThreadRow, TracingMode, UntrackedSignals, Verdict, text::escape};
+use tracer_events::{
+    ThreadRow, TracingMode, UntrackedSignals, Verdict,
+    text::{escape, rate},
+};
 
 use crate::model::LIVELOCK_MITIGATIONS;
 
@@ -96,39 +99,10 @@ mod mode_text {
     }
 }
 
-/// Whether to colour cells (terminals) or not (pipes, snapshots).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Style {
-    /// ANSI colours.
-    Color,
-    /// Plain text.
-    Plain,
-}
-
-fn verdict_color(verdict: Verdict) -> Color {
-    match verdict {
-        Verdict::Livelock | Verdict::Killed | Verdict::KvmError => Color::Red,
-        Verdict::Throttled => Color::Yellow,
-        Verdict::Recovering => Color::Cyan,
-        Verdict::Ok => Color::Green,
-        Verdict::Idle => Color::Grey,
-    }
-}
-
-fn rate(value: f64) -> String {
-    if value == 0.0 {
-        "0".into()
-    } else if value < 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.0}")
-    }
-}
-
 /// Renders the whole screen: header, table, footer.
-pub fn render(status: &ViewStatus, rows: &[ThreadRow], style: Style, width: u16) -> String {
+pub fn render(status: &ViewStatus, rows: &[ThreadRow], width: u16) -> String {
     let mut out = header(status);
-    out.push_str(&body(rows, style, width));
+    out.push_str(&body(rows, width));
     out
 }
 
@@ -179,19 +153,16 @@ pub fn header(status: &ViewStatus) -> String {
 }
 
 /// The table of `rows`, the evidence of the stuck ones and, for a
-/// livelock, the mitigations.
-pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
+/// livelock, the mitigations: plain text (a pipe, a report; a terminal
+/// gets the full-screen view, `crate::tui`).
+pub fn body(rows: &[ThreadRow], width: u16) -> String {
     let mut out = String::new();
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_width(width);
-    if style == Style::Plain {
-        table.force_no_tty();
-    } else {
-        table.enforce_styling();
-    }
+    table.force_no_tty();
     table.set_header([
         "VM (pid)",
         "vCPU",
@@ -214,20 +185,8 @@ pub fn body(rows: &[ThreadRow], style: Style, width: u16) -> String {
                 row.pid
             ),
         };
-        // The most frequent kick in the window: its period and how it is sent.
-        let kick = row.kicks.iter().find(|kick| kick.per_s > 0.0);
-        let signals = match kick.and_then(|kick| kick.period_ms.map(|period| (kick, period))) {
-            Some((kick, period)) => format!(
-                "{} ({period:.1} ms {})",
-                rate(row.signals_per_s),
-                kick.kind.short_label()
-            ),
-            None => rate(row.signals_per_s),
-        };
-        let mut verdict = Cell::new(row.verdict_label());
-        if style == Style::Color {
-            verdict = verdict.fg(verdict_color(row.verdict));
-        }
+        let signals = row.signals_cell();
+        let verdict = Cell::new(row.verdict_label());
         table.add_row(vec![
             Cell::new(vm),
             Cell::new(row.vcpu.map_or_else(|| "-".into(), |vcpu| vcpu.to_string())),
@@ -333,7 +292,7 @@ mod tests {
     fn livelocked_and_throttled_vcpus() {
         let stuck = Scenario::seed_001(250, 1.0, 3000);
         let slow = Scenario::seed_001(250, 50.0, 3000).with_identity(4242, 4251, "haos", 1);
-        let screen = render(&status(), &rows_for(&[stuck, slow]), Style::Plain, 160);
+        let screen = render(&status(), &rows_for(&[stuck, slow]), 160);
         insta::assert_snapshot!(screen);
     }
 
@@ -344,16 +303,16 @@ mod tests {
         let mut view = status();
         view.mode = Some(TracingMode::TracepointOnly);
         view.probes_attached = 3;
-        let screen = render(&view, &rows_for(&[stuck]), Style::Plain, 160);
+        let screen = render(&view, &rows_for(&[stuck]), 160);
         insta::assert_snapshot!(screen);
     }
 
     #[test]
     fn full_in_kernel_maps_are_shown() {
         let mut view = status();
-        assert!(!render(&view, &[], Style::Plain, 120).contains("maps full"));
+        assert!(!render(&view, &[], 120).contains("maps full"));
         view.window_map_full = 3;
-        let screen = render(&view, &[], Style::Plain, 120);
+        let screen = render(&view, &[], 120);
         assert!(
             screen.contains("0 counter inserts and 3 split-lock window inserts failed"),
             "{screen}"
@@ -362,7 +321,7 @@ mod tests {
 
     #[test]
     fn empty_view_says_what_to_do() {
-        let screen = render(&status(), &[], Style::Plain, 120);
+        let screen = render(&status(), &[], 120);
         assert!(screen.contains("use --all"), "{screen}");
     }
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use comfy_table::{Cell, ContentArrangement, Table, TableComponent, presets::UTF8_HORIZONTAL_ONLY};
 use tracer_events::{
     Verdict, VerdictChange,
-    text::{escape, push_line},
+    text::{escape, push_line, rate},
 };
 
 use super::{
@@ -16,10 +16,7 @@ use super::{
     story::{ThreadStory, VerdictSeen},
     threads_not_kept_note,
 };
-use crate::{
-    live::{self, Style},
-    model::LIVELOCK_MITIGATIONS,
-};
+use crate::{live, model::LIVELOCK_MITIGATIONS};
 
 /// Width the summary table is laid out for.
 pub const TABLE_WIDTH: u16 = 80;
@@ -27,14 +24,6 @@ pub const TABLE_WIDTH: u16 = 80;
 /// Seconds from `start_ns`, for the text.
 fn seconds(ts_ns: u64, start_ns: u64) -> f64 {
     ts_ns.saturating_sub(start_ns) as f64 / 1e9
-}
-
-fn rate(value: f64) -> String {
-    if value < 10.0 && value.fract() != 0.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.0}")
-    }
 }
 
 /// `LIVELOCK`, `LIVELOCK*` when inferred (the table's legend says so).
@@ -266,7 +255,7 @@ pub fn render(result: &ReplayResult, start_ns: u64) -> String {
     let active_at_end = result.rows.iter().any(|row| row.verdict != Verdict::Idle);
     if active_at_end {
         out.push_str("at the end of the recording:\n");
-        out.push_str(&live::body(&result.rows, Style::Plain, 200));
+        out.push_str(&live::body(&result.rows, 200));
     }
     let livelocked_at_end = result
         .rows

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use super::RowFilter;
 use crate::{
-    live::{self, Style},
+    live,
     runner::{Sink, Tick},
 };
 
@@ -25,11 +25,7 @@ impl Sink for TerminalView {
     fn tick(&mut self, tick: &Tick<'_>) -> anyhow::Result<()> {
         let rows = self.filter.apply(tick.rows, tick.model);
         let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "{}",
-            live::render(tick.status, &rows, Style::Plain, 200)
-        )?;
+        writeln!(stdout, "{}", live::render(tick.status, &rows, 200))?;
         stdout.flush()?;
         Ok(())
     }

@@ -31,12 +31,15 @@ pub struct HostHeader {
 #[derive(Clone, Debug, Default)]
 pub struct History {
     samples: HashMap<u32, VecDeque<(u64, f64, f64)>>,
+    /// The time of the latest tick recorded.
+    latest_ns: u64,
 }
 
 impl History {
     /// Adds every row's traps/s and EINTR/s at `now_ns`; forgets samples
     /// older than [`HISTORY_NS`] and threads without a row.
     pub fn record(&mut self, now_ns: u64, rows: &[ThreadRow]) {
+        self.latest_ns = self.latest_ns.max(now_ns);
         let tids: std::collections::HashSet<u32> = rows.iter().map(|row| row.tid).collect();
         self.samples.retain(|tid, _| tids.contains(tid));
         for row in rows {
@@ -51,16 +54,43 @@ impl History {
         }
     }
 
-    /// The traps/s and EINTR/s samples of `tid`, oldest first.
-    pub fn series(&self, tid: u32) -> (Vec<f64>, Vec<f64>) {
-        self.samples
-            .get(&tid)
-            .map_or_else(Default::default, |samples| {
-                samples
-                    .iter()
-                    .map(|(_, traps, eintr)| (*traps, *eintr))
-                    .unzip()
-            })
+    /// The traps/s and EINTR/s of `tid` over the last [`HISTORY_NS`] up to
+    /// the latest tick, in `buckets` equal slices of time, oldest first:
+    /// each slice holds the peak of the samples in it, and a slice without
+    /// a sample the rate of the sample before it (a rate holds until the
+    /// next tick), so the line spans a minute whatever the refresh
+    /// interval. Slices before the thread's first sample are 0.
+    pub fn series(&self, tid: u32, buckets: usize) -> (Vec<f64>, Vec<f64>) {
+        let Some(samples) = self.samples.get(&tid) else {
+            return (vec![0.0; buckets], vec![0.0; buckets]);
+        };
+        let buckets_u64 = buckets.max(1) as u64;
+        let start = self.latest_ns.saturating_sub(HISTORY_NS);
+        let slice_ns = (HISTORY_NS / buckets_u64).max(1);
+        let mut traps = vec![None; buckets];
+        let mut eintr = vec![None; buckets];
+        for &(ts, trap_rate, eintr_rate) in samples {
+            // The latest sample belongs to the last slice.
+            let index = (ts.saturating_sub(start) / slice_ns).min(buckets_u64 - 1) as usize;
+            let peak = |slot: &mut Option<f64>, value: f64| {
+                *slot = Some(slot.map_or(value, |old: f64| old.max(value)));
+            };
+            peak(&mut traps[index], trap_rate);
+            peak(&mut eintr[index], eintr_rate);
+        }
+        let carry = |slices: Vec<Option<f64>>| {
+            let mut last = 0.0;
+            slices
+                .into_iter()
+                .map(|slot| {
+                    if let Some(value) = slot {
+                        last = value;
+                    }
+                    last
+                })
+                .collect()
+        };
+        (carry(traps), carry(eintr))
     }
 }
 

@@ -8,7 +8,10 @@ use ratatui::{
     text::{Line as TextLine, Span},
     widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap},
 };
-use tracer_events::{ThreadRow, Verdict, text::escape};
+use tracer_events::{
+    ThreadRow, Verdict,
+    text::{escape, rate},
+};
 
 use super::{GroupSummary, Line, Screen, ViewState, interrupted_per_s, is_stuck, vm_label};
 use crate::model::{LIVELOCK_MITIGATIONS, StepOutcome, format_ts};
@@ -29,16 +32,6 @@ pub fn truncate(text: &str, width: usize) -> String {
     let mut out: String = text.chars().take(width - 1).collect();
     out.push('…');
     out
-}
-
-fn rate(value: f64) -> String {
-    if value == 0.0 {
-        "0".into()
-    } else if value < 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.0}")
-    }
 }
 
 fn verdict_style(verdict: Verdict) -> Style {
@@ -153,15 +146,7 @@ fn thread_cells(row: &ThreadRow, indented: bool, screen: &Screen) -> [String; 9]
     } else {
         format!("{who} pid {}", row.pid)
     };
-    let kick = row.kicks.iter().find(|kick| kick.per_s > 0.0);
-    let signals = match kick.and_then(|kick| kick.period_ms.map(|period| (kick, period))) {
-        Some((kick, period)) => format!(
-            "{} ({period:.1}ms {})",
-            rate(row.signals_per_s),
-            kick.kind.short_label()
-        ),
-        None => rate(row.signals_per_s),
-    };
+    let signals = row.signals_cell();
     [
         name,
         row.tid.to_string(),
@@ -450,11 +435,14 @@ pub fn detail_text(row: &ThreadRow, screen: &Screen, width: usize) -> Vec<TextLi
             out.push(TextLine::from(format!("      {command}")));
         }
     }
-    let (traps, eintr) = screen.history.series(row.tid);
     let spark_width = width.saturating_sub(24).clamp(8, 60);
+    let (traps, eintr) = screen.history.series(row.tid, spark_width);
     let peak = |values: &[f64]| values.iter().copied().fold(0.0_f64, f64::max);
     out.push(TextLine::from(Span::styled(
-        "last minute (peak, per tick)",
+        format!(
+            "last minute (peak of each {:.1} s)",
+            crate::tui::HISTORY_NS as f64 / 1e9 / spark_width as f64
+        ),
         bold,
     )));
     out.push(TextLine::from(format!(

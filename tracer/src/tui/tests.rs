@@ -455,3 +455,67 @@ fn long_names_are_cut_with_an_ellipsis() {
     assert_eq!(render::truncate("ok", 4), "ok");
     assert_eq!(render::sparkline(&[0.0, 1.0, 2.0, 4.0], 3), "▃▅█");
 }
+
+/// A row of `tid` with these rates (the rest default).
+fn rates_row(tid: u32, traps_per_s: f64, eintr_per_s: f64) -> tracer_events::ThreadRow {
+    tracer_events::ThreadRow {
+        pid: 1,
+        vm: None,
+        vcpu: Some(0),
+        tid,
+        comm: String::new(),
+        traps_per_s,
+        last_ip: None,
+        last_ip_symbol: None,
+        interrupted_pct: None,
+        signals_per_s: 0.0,
+        timer_period_ms: None,
+        kicks: Vec::new(),
+        eintr_per_s,
+        punished_pct: 0.0,
+        verdict: Verdict::Ok,
+        confirmed: true,
+        evidence: Vec::new(),
+        totals: tracer_events::ThreadTotals::default(),
+        kernel: None,
+    }
+}
+
+/// The sparklines span the last minute whatever the refresh interval: at
+/// `-i 250ms` a spike 50 s ago is still on the line (sampling per tick
+/// kept only the last 15 s in 60 columns), and at `-i 5s` each tick's rate
+/// fills the slices until the next one instead of squeezing 12 ticks into
+/// the first 12 columns.
+#[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the series holds the recorded rates themselves, unchanged"
+)]
+fn sparkline_series_cover_the_last_minute_at_any_interval() {
+    const SECOND: u64 = 1_000_000_000;
+    let mut fast = super::History::default();
+    for tick in 0..=240u64 {
+        let traps = if tick == 40 { 900.0 } else { 10.0 };
+        fast.record(tick * SECOND / 4, &[rates_row(7, traps, 1.0)]);
+    }
+    let (traps, eintr) = fast.series(7, 60);
+    assert_eq!(traps.len(), 60);
+    // 240 ticks of 250 ms end at 60 s: the spike at 10 s is in slice 10.
+    assert_eq!(traps[10], 900.0, "{traps:?}");
+    assert!(traps.iter().enumerate().all(|(i, &v)| i == 10 || v == 10.0));
+    assert!(eintr.iter().all(|&v| v == 1.0));
+
+    let mut slow = super::History::default();
+    for tick in 0..=12u64 {
+        slow.record(tick * 5 * SECOND, &[rates_row(7, tick as f64, 0.0)]);
+    }
+    let (traps, _) = slow.series(7, 60);
+    // Slice k (1 s each) carries the rate of the tick at or before it.
+    assert_eq!(traps[0], 0.0);
+    assert_eq!(traps[4], 0.0);
+    assert_eq!(traps[5], 1.0);
+    assert_eq!(traps[29], 5.0);
+    assert_eq!(traps[59], 12.0, "{traps:?}");
+    // A thread never sampled draws an empty line.
+    assert_eq!(slow.series(8, 60).0, vec![0.0; 60]);
+}
