@@ -102,11 +102,16 @@ const EEXIST: i32 = 17;
 /// x86-64 `struct pt_regs`: `ip` is the 17th 8-byte slot (r15 .. orig_ax, ip).
 const PT_REGS_IP_OFFSET: usize = 16 * 8;
 
-#[inline(always)]
-fn config() -> TracerConfig {
-    // SAFETY: a plain read of a global the loader rewrote before load; volatile
-    // so the compiler cannot fold the compile-time default.
-    unsafe { core::ptr::read_volatile(&raw const TRACER_CONFIG) }
+/// One field of the loader's [`TracerConfig`] (`config!(kvm_exit)`,
+/// `config!(filter_tgid)`): a volatile read, so the compiler cannot fold
+/// the compile-time default, of that field only (reading the whole
+/// configuration copied all of it to the stack on every call, on every
+/// signal).
+macro_rules! config {
+    ($($field:ident).+) => {
+        // SAFETY: a plain read of a global the loader rewrote before load.
+        unsafe { core::ptr::read_volatile(&raw const TRACER_CONFIG.$($field).+) }
+    };
 }
 
 #[inline(always)]
@@ -248,7 +253,7 @@ fn own_counters<C: EbpfContext>(
 
 #[inline(always)]
 fn filtered_out(tgid: u32) -> bool {
-    let filter = config().filter_tgid;
+    let filter = config!(filter_tgid);
     filter != 0 && filter != tgid
 }
 
@@ -549,7 +554,7 @@ fn on_signal<C: EbpfContext>(
         // every timer signal.
         tally_timer_signal(known.is_some());
     }
-    let filter = config().filter_tgid;
+    let filter = config!(filter_tgid);
     if filter != 0 {
         let in_process = match target_tgid() {
             Some(tgid) => tgid == filter,
@@ -626,7 +631,7 @@ pub fn signal_generate(ctx: *mut c_void) -> u32 {
 
 #[inline(always)]
 fn on_signal_tracepoint(ctx: &TracePointContext) {
-    let layout = config().signal_generate;
+    let layout = config!(signal_generate);
     let (Some(sig), Some(code), Some(target)) = (
         read_i32(ctx, layout.sig),
         read_i32(ctx, layout.code),
@@ -667,7 +672,7 @@ const SI_KERNEL: i32 = 0x80;
 /// `recursion_misses`.
 #[raw_tracepoint(tracepoint = "signal_generate")]
 pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
-    let pid_offset = config().task_pid_offset;
+    let pid_offset = config!(task_pid_offset);
     if pid_offset == FIELD_ABSENT {
         return 0;
     }
@@ -699,7 +704,7 @@ pub fn signal_generate_raw(ctx: RawTracePointContext) -> i32 {
     } else {
         SI_USER
     };
-    let tgid_offset = config().task_tgid_offset;
+    let tgid_offset = config!(task_tgid_offset);
     on_signal(
         &ctx,
         sig as i32,
@@ -761,7 +766,7 @@ pub fn task_rename(ctx: *mut c_void) -> u32 {
 
 #[inline(always)]
 fn on_task_rename(ctx: &TracePointContext) {
-    let layout = config().task_rename;
+    let layout = config!(task_rename);
     if layout.newcomm == FIELD_ABSENT {
         return;
     }
@@ -810,7 +815,7 @@ fn on_kvm_userspace_exit(ctx: &TracePointContext) {
     if filtered_out(tgid) {
         return;
     }
-    let layout = config().kvm_userspace_exit;
+    let layout = config!(kvm_userspace_exit);
     let reason = read_u32(ctx, layout.reason);
     let errno = read_i32(ctx, layout.errno).unwrap_or(0);
     let now = now_ns();
@@ -849,7 +854,7 @@ fn on_kvm_exit(ctx: &TracePointContext) {
     if filtered_out(tgid) {
         return;
     }
-    let layout = config().kvm_exit;
+    let layout = config!(kvm_exit);
     let exit_reason = read_u32(ctx, layout.exit_reason);
     let isa = read_u32(ctx, layout.isa);
     let intr_info = read_u32(ctx, layout.intr_info);
