@@ -41,7 +41,8 @@ enum Task {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Seconds of fuzzing of the recording parser (0 = none).
+        /// Seconds of fuzzing of each target, the recording parser and
+        /// doctor's readers (0 = none).
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
         /// Skip booting Debian kernels under QEMU (`vm-test`).
@@ -65,7 +66,8 @@ enum Task {
         #[arg(long)]
         save_fixtures: bool,
     },
-    /// Fuzz the recording parser and replay with cargo-fuzz (libFuzzer).
+    /// Fuzz the recording parser and replay, and doctor's readers, with
+    /// cargo-fuzz (libFuzzer).
     Fuzz {
         /// How long to fuzz.
         #[arg(long, default_value_t = 60)]
@@ -151,9 +153,11 @@ const TEST_FEATURES: [&str; 2] = ["--features", "tracer/testkit"];
 /// cargo-fuzz release installed by `fuzz`.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
-/// Runs the `recording_reader` fuzz target for `seconds`, starting from the
-/// committed seeds. cargo-fuzz passes nightly-only flags, so the stable
-/// toolchain runs with `RUSTC_BOOTSTRAP=1`, as the eBPF build does.
+/// Runs each fuzz target for `seconds`: `recording_reader` from the
+/// committed seeds, `doctor_readers` from the host snapshots under
+/// tracer/tests/fixtures/hosts/ (framed as that target reads them). cargo-fuzz
+/// passes nightly-only flags, so the stable toolchain runs with
+/// `RUSTC_BOOTSTRAP=1`, as the eBPF build does.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     // libfuzzer-sys compiles libFuzzer's C++ sources.
     setup::apt_package("g++", "c++", "--version");
@@ -171,32 +175,94 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         ]))?;
     }
     let root = setup::workspace_root()?;
-    let corpus = root.join("target/fuzz-corpus/recording_reader");
-    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-    run_command(
-        cargo()
-            .current_dir(root.join("fuzz"))
-            .env("RUSTC_BOOTSTRAP", "1")
-            // No sanitizer: the target is safe Rust, where libFuzzer's
-            // coverage guidance plus panics and debug assertions find the
-            // bugs; ASan would triple the build time for nothing.
-            .args([
-                "fuzz",
-                "run",
-                "--sanitizer",
-                "none",
-                "--debug-assertions",
-                "recording_reader",
-            ])
-            .arg(&corpus)
-            .arg(root.join("fuzz/seeds"))
-            .args([
-                "--",
-                &format!("-max_total_time={seconds}"),
-                "-max_len=65536",
-            ]),
-    )?;
-    println!("fuzz: recording_reader ran {seconds} s without a crash");
+    let doctor_seeds = root.join("target/fuzz-seeds/doctor_readers");
+    write_doctor_seeds(&root.join("tracer/tests/fixtures/hosts"), &doctor_seeds)?;
+    // doctor_readers writes its snapshots under the temporary directory.
+    let scratch = root.join("target/fuzz-tmp");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    for (target, seeds, max_len) in [
+        ("recording_reader", root.join("fuzz/seeds"), 65_536),
+        ("doctor_readers", doctor_seeds, 262_144),
+    ] {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("creating {}", corpus.display()))?;
+        run_command(
+            cargo()
+                .current_dir(root.join("fuzz"))
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("TMPDIR", &scratch)
+                // No sanitizer: the targets are safe Rust, where libFuzzer's
+                // coverage guidance plus panics and debug assertions find
+                // the bugs; ASan would triple the build time for nothing.
+                .args([
+                    "fuzz",
+                    "run",
+                    "--sanitizer",
+                    "none",
+                    "--debug-assertions",
+                    target,
+                ])
+                .arg(&corpus)
+                .arg(&seeds)
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    &format!("-max_len={max_len}"),
+                    // A doctor run on a hostile snapshot must end quickly.
+                    "-timeout=10",
+                ]),
+        )?;
+        println!("fuzz: {target} ran {seconds} s without a crash");
+    }
+    Ok(())
+}
+
+/// One seed per host snapshot under `hosts`: every file as
+/// `[u16 LE path length][path][u32 LE content length][content]`, the
+/// framing of fuzz/fuzz_targets/doctor_readers.rs.
+fn write_doctor_seeds(hosts: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), files)?;
+            } else if entry.file_type()?.is_file() {
+                files.push(entry.path());
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for host in std::fs::read_dir(hosts).with_context(|| format!("reading {}", hosts.display()))? {
+        let host = host?.path();
+        if !host.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        walk(&host, &mut files).with_context(|| format!("reading {}", host.display()))?;
+        files.sort();
+        let mut seed = Vec::new();
+        for file in files {
+            let relative = file.strip_prefix(&host)?.to_string_lossy().into_owned();
+            let content =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (Ok(path_len), Ok(content_len)) =
+                (u16::try_from(relative.len()), u32::try_from(content.len()))
+            else {
+                continue;
+            };
+            seed.extend_from_slice(&path_len.to_le_bytes());
+            seed.extend_from_slice(relative.as_bytes());
+            seed.extend_from_slice(&content_len.to_le_bytes());
+            seed.extend_from_slice(&content);
+        }
+        let name = host
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        let target = out.join(name.unwrap_or_else(|| "host".to_owned()));
+        std::fs::write(&target, seed).with_context(|| format!("writing {}", target.display()))?;
+    }
     Ok(())
 }
 
