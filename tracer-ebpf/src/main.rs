@@ -484,10 +484,12 @@ fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
 /// CPU's first run and whenever `compare` is set, compares the CPU's runs
 /// with the kernel's perf count of the same tracepoint (see
 /// [`TimerSignalTally`]). Without a counter on this CPU it only counts.
-/// The comparison is skipped for signals to untracked threads: the reader
-/// makes the same comparison with the current counts whenever it looks
-/// (`signal_check`), so the count of skipped runs stays exact, and the perf
-/// read is the dearest part of a run that only counts.
+/// The comparison is skipped for signals to untracked threads (the perf
+/// read is the dearest part of a run that only counts): the reader makes
+/// the same comparison with the current counts whenever it looks
+/// (`signal_check`), so the reported count of skipped runs is never more
+/// than the truth, may fall short while signals arrive, and is exact once
+/// they stop (as at the end of a recording).
 #[inline(always)]
 fn tally_timer_signal(compare: bool) {
     let Some(tally) = TIMER_SIGNAL_TALLY.get_ptr_mut(0) else {

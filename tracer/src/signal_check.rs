@@ -1,6 +1,7 @@
 //! The signal programs checked against the kernel's own count: one perf
 //! counting event per CPU on `signal:signal_generate`, filtered to timer
-//! signals, which the programs read on every run (see
+//! signals, which the programs read at their first run on a CPU and on
+//! every run for a tracked thread, and the reader whenever it looks (see
 //! [`tracer_common::TimerSignalTally`]). What the kernel generated without
 //! running the program, and without counting a recursion miss, is then
 //! counted rather than silently missing.

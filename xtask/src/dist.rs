@@ -77,7 +77,12 @@ fn gzip_into(from: &Path, to: &Path) -> anyhow::Result<()> {
 pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf> {
     let root = setup::workspace_root()?;
     let mut command = cargo();
-    command.env(STATIC_RUSTFLAGS.0, STATIC_RUSTFLAGS.1);
+    // RUSTFLAGS or CARGO_ENCODED_RUSTFLAGS would make cargo ignore the
+    // target's rustflags: the binary would silently be dynamic.
+    command
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(STATIC_RUSTFLAGS.0, STATIC_RUSTFLAGS.1);
     command.current_dir(&root).args([
         "build",
         "--profile",
@@ -91,10 +96,47 @@ pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf>
         command.args(["--bin", bin]);
     }
     run_command(&mut command)?;
-    Ok(root.join(format!(
+    let binary = root.join(format!(
         "target/{STATIC_TARGET}/release-static/{}",
         bin.unwrap_or(package)
-    )))
+    ));
+    if has_interpreter(&binary)? {
+        bail!(
+            "{} was linked dynamically (it names an ELF interpreter)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Whether the ELF file at `path` has a `PT_INTERP` program header (a
+/// dynamically linked executable); a static(-pie) one has none.
+fn has_interpreter(path: &Path) -> anyhow::Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let field = |at: usize, len: usize| {
+        data.get(at..at + len)
+            .with_context(|| format!("{}: not a 64-bit ELF file", path.display()))
+    };
+    if field(0, 4)? != b"\x7fELF" || field(4, 1)? != [2] {
+        bail!("{}: not a 64-bit ELF file", path.display());
+    }
+    let number = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .rev()
+            .fold(0usize, |n, &b| (n << 8) | usize::from(b))
+    };
+    let phoff = number(field(0x20, 8)?);
+    let phentsize = number(field(0x36, 2)?);
+    let phnum = number(field(0x38, 2)?);
+    for index in 0..phnum {
+        let kind = number(field(phoff + index * phentsize, 4)?);
+        if kind == PT_INTERP as usize {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The outputs of this process's one `dist` build.
@@ -239,4 +281,28 @@ fn walk_size(dir: &Path) -> anyhow::Result<u64> {
         };
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_interpreter;
+
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter() {
+        assert!(has_interpreter(std::path::Path::new("/bin/sh")).unwrap());
+    }
+
+    #[test]
+    fn an_elf_file_without_program_headers_names_none_and_text_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = dir.path().join("empty.elf");
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[4] = 2;
+        std::fs::write(&elf, &header).unwrap();
+        assert!(!has_interpreter(&elf).unwrap());
+        let text = dir.path().join("text");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert!(has_interpreter(&text).is_err());
+    }
 }

@@ -279,7 +279,8 @@ pub struct SweepRow {
     /// Signals the tracer counted for the vCPU threads, beside `kicks`.
     #[serde(default)]
     pub traced_signals: Option<u64>,
-    /// Events the tracer lost or the kernel skipped during the run.
+    /// Events the tracer lost during the run (the kernel's skipped program
+    /// runs counted host-wide: an upper bound).
     #[serde(default)]
     pub traced_lost: Option<u64>,
     /// No guest progress at all although the vCPU was kicked (what a
@@ -434,7 +435,7 @@ impl SweepTable {
         let counted_by_tracer = if no_traps {
             "0: this CPU cannot trap split locks (no split_lock_detect flag in /proc/cpuinfo), so there is no #AC and no punishment".to_owned()
         } else {
-            "not counted: the sweep does not attach the tracer's probes; run `tracer record -o sweep.jsonl` during the sweep and `tracer report sweep.jsonl`".to_owned()
+            "not counted: the tracer's probes could not be attached (they need root; the reason is on stderr); run the sweep as root, or `tracer record -o sweep.jsonl` beside it and `tracer report sweep.jsonl`".to_owned()
         };
         unavailable.insert(
             "ac_exits".into(),
@@ -450,7 +451,7 @@ impl SweepTable {
         );
         unavailable.insert(
             "verdict".into(),
-            "not computed: the classifier needs the tracer's events (`tracer record` during the sweep, then `tracer report`); `stalled` is the reproducer's own observation".into(),
+            "not computed: the classifier needs the tracer's probes (root); `stalled` is the reproducer's own observation".into(),
         );
         let rows = reports
             .iter()

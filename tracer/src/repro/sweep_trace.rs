@@ -41,8 +41,10 @@ pub struct TracedRun {
     /// The worst verdict the model gave a vCPU thread during the run
     /// (`LIVELOCK`, `OK (inferred)`, ...).
     pub verdict: String,
-    /// Events lost or skipped by the kernel during the run (ring drops,
-    /// undecodable records, skipped program runs).
+    /// Events lost during the run: ring drops and undecodable records of
+    /// this process, and the program runs the kernel skipped, which are
+    /// counted host-wide (a skipped run's target is unknown), so an upper
+    /// bound of what the run lost.
     pub lost: u64,
 }
 

@@ -57,10 +57,13 @@ impl History {
     /// The traps/s and EINTR/s of `tid` over the last [`HISTORY_NS`] up to
     /// the latest tick, in `buckets` equal slices of time, oldest first:
     /// each slice holds the peak of the samples in it, and a slice without
-    /// a sample the rate of the sample before it (a rate holds until the
+    /// a sample the value of the slice before it (a rate holds until the
     /// next tick), so the line spans a minute whatever the refresh
     /// interval. Slices before the thread's first sample are 0.
     pub fn series(&self, tid: u32, buckets: usize) -> (Vec<f64>, Vec<f64>) {
+        if buckets == 0 {
+            return (Vec::new(), Vec::new());
+        }
         let Some(samples) = self.samples.get(&tid) else {
             return (vec![0.0; buckets], vec![0.0; buckets]);
         };

@@ -756,12 +756,28 @@ fn kick_loss_run(
         .map(|counts| counts.other_signals + counts.eintr_exits)
         .sum();
     let losses = &summary.losses;
+    // Only what could have been one of these events: ring drops of the two
+    // kinds, runs the kernel skipped of the two programs; records not
+    // written and undecodable ones are not told apart by kind (in this
+    // run the reproducer's threads are the only tracked ones).
     let ring_full = ["signal_generate", "kvm_userspace_exit"]
         .iter()
         .filter_map(|&kind| losses.ring_full.get(kind))
         .sum::<u64>();
     let reported = ring_full + summary.events_not_written + losses.undecodable_total();
-    let skipped = losses.recursion_total();
+    let skipped = [
+        "signal_generate",
+        "signal_generate_raw",
+        "kvm_userspace_exit",
+    ]
+    .iter()
+    .filter_map(|&program| losses.recursion_misses.get(program))
+    .sum::<u64>();
+    // Each kind on its own: a surplus of one must not hide a shortfall of
+    // the other.
+    let surplus = recorded_kicks > kicks_sent || recorded_eintr > eintr_seen;
+    let shortfall =
+        kicks_sent.saturating_sub(recorded_kicks) + eintr_seen.saturating_sub(recorded_eintr);
     let elapsed_s = report.elapsed_us.max(1) as f64 / 1e6;
     Ok(json!({
         "period": period,
@@ -777,9 +793,10 @@ fn kick_loss_run(
         "reported_not_written": summary.events_not_written,
         "reported_undecodable": losses.undecodable_total(),
         "reported_recursion_misses": skipped,
-        "unaccounted": truth.saturating_sub(recorded + reported + skipped),
-        "accounted": truth == recorded + reported + skipped,
-        "complete": recorded == truth,
+        "surplus": surplus,
+        "unaccounted": shortfall.saturating_sub(reported + skipped),
+        "accounted": !surplus && shortfall == reported + skipped,
+        "complete": recorded_kicks == kicks_sent && recorded_eintr == eintr_seen,
         "tracer_cpu_us_per_recorded_event": (recorded > 0)
             .then(|| cpu_storm_ns as f64 / 1e3 / recorded as f64),
     }))
@@ -1513,7 +1530,7 @@ fn render_cost_targets(results: &Value) -> String {
     if !kick_rows.is_empty() {
         let _ = writeln!(
             out,
-            "| zero loss at 100k events/s on 2 cores, vCPU kick storm against the reproducer's counts (default ring) | {} | {} |",
+            "| zero loss at 100k events/s on 2 cores, vCPU kick storm against the reproducer's counts (default ring; events = kicks + EINTR returns) | {} | {} |",
             at_100k.map_or_else(
                 || "no kick period reached 100k traced events/s".to_owned(),
                 |row| format!(
@@ -1536,22 +1553,53 @@ fn render_cost_targets(results: &Value) -> String {
             },
         );
     }
-    // The recorder's cost per event where it records the most without
-    // losing any: the fastest complete run of either storm.
-    let per_event = results["loss"]
+    // The recorder's cost per event at the highest rate of each storm (the
+    // per-tick work weighs more per event at low rates): the worse of the
+    // two, with the range over every complete run beside it.
+    let rate_of = |row: &Value| {
+        row["achieved_rate"]
+            .as_f64()
+            .or_else(|| row["traced_events_per_s"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let storm_rows: Vec<&Value> = results["loss"]
         .as_array()
         .unwrap_or(&empty)
         .iter()
-        .filter(|row| row["reader_stalled_s"].is_null() && row["ring_mib"] == 4)
-        .chain(kick_rows)
+        .filter(|row| {
+            row["reader_stalled_s"].is_null()
+                && row["ring_mib"] == 4
+                && row["signal_probe"] == "raw tracepoint"
+        })
+        .collect();
+    let fastest_complete = |rows: &[&Value]| {
+        rows.iter()
+            .filter(|row| row["complete"] == true)
+            .max_by(|a, b| rate_of(a).total_cmp(&rate_of(b)))
+            .and_then(|row| row["tracer_cpu_us_per_recorded_event"].as_f64())
+    };
+    let kick_refs: Vec<&Value> = kick_rows.iter().collect();
+    let at_top = [fastest_complete(&storm_rows), fastest_complete(&kick_refs)]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    let all: Vec<f64> = storm_rows
+        .iter()
+        .chain(&kick_refs)
         .filter(|row| row["complete"] == true)
         .filter_map(|row| row["tracer_cpu_us_per_recorded_event"].as_f64())
-        .reduce(f64::min);
+        .collect();
+    let range = all
+        .iter()
+        .copied()
+        .reduce(f64::min)
+        .zip(all.iter().copied().reduce(f64::max));
     let _ = writeln!(
         out,
-        "| `tracer record` at most 0.8 µs of CPU per recorded event (lowest over the complete loss runs) | {} µs | {} |",
-        per_event.map_or("-".into(), |us| format!("{us:.2}")),
-        met(per_event.map(|us| us <= 0.8)),
+        "| `tracer record` at most 0.8 µs of CPU per recorded event (at the highest rate of the signal storm and of the kick storm, the worse of the two) | {} µs ({} over every complete run) | {} |",
+        at_top.map_or("-".into(), |us| format!("{us:.2}")),
+        range.map_or("-".into(), |(low, high)| format!("{low:.2} to {high:.2}")),
+        met(at_top.map(|us| us <= 0.8)),
     );
     out
 }
