@@ -200,6 +200,31 @@ impl ThreadRow {
             && self.signals_per_s == 0.0
     }
 
+    /// A row with nothing counted yet: no rates, no totals, no evidence.
+    pub fn empty(pid: u32, vcpu: Option<u32>, tid: u32, verdict: Verdict, confirmed: bool) -> Self {
+        Self {
+            pid,
+            vm: None,
+            vcpu,
+            tid,
+            comm: String::new(),
+            traps_per_s: 0.0,
+            last_ip: None,
+            last_ip_symbol: None,
+            interrupted_pct: None,
+            signals_per_s: 0.0,
+            timer_period_ms: None,
+            kicks: Vec::new(),
+            eintr_per_s: 0.0,
+            punished_pct: 0.0,
+            verdict,
+            confirmed,
+            evidence: Vec::new(),
+            totals: ThreadTotals::default(),
+            kernel: None,
+        }
+    }
+
     /// The signals cell of the tables and the live view: the rate, and
     /// for the most frequent kick in the window its period and how it is
     /// sent (`906 (1.1 ms timer)`, `20 (50.0 ms tkill)`).

@@ -371,27 +371,13 @@ impl Stories {
         } else if self.trackers.len() < MAX_STORIES {
             // First seen through its change: the rows at the next
             // classification fill in the rest.
-            let row = ThreadRow {
-                pid: change.pid,
-                vm: None,
-                vcpu: change.vcpu,
-                tid: change.tid,
-                comm: String::new(),
-                traps_per_s: 0.0,
-                last_ip: None,
-                last_ip_symbol: None,
-                interrupted_pct: None,
-                signals_per_s: 0.0,
-                timer_period_ms: None,
-                kicks: Vec::new(),
-                eintr_per_s: 0.0,
-                punished_pct: 0.0,
-                verdict: change.to,
-                confirmed: change.confirmed,
-                evidence: Vec::new(),
-                totals: ThreadTotals::default(),
-                kernel: None,
-            };
+            let row = ThreadRow::empty(
+                change.pid,
+                change.vcpu,
+                change.tid,
+                change.to,
+                change.confirmed,
+            );
             let mut tracker = Tracker::new(&row, change.ts_ns);
             tracker.story.vcpu = change.vcpu;
             tracker.change(change);

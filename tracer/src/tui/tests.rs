@@ -459,25 +459,9 @@ fn long_names_are_cut_with_an_ellipsis() {
 /// A row of `tid` with these rates (the rest default).
 fn rates_row(tid: u32, traps_per_s: f64, eintr_per_s: f64) -> tracer_events::ThreadRow {
     tracer_events::ThreadRow {
-        pid: 1,
-        vm: None,
-        vcpu: Some(0),
-        tid,
-        comm: String::new(),
         traps_per_s,
-        last_ip: None,
-        last_ip_symbol: None,
-        interrupted_pct: None,
-        signals_per_s: 0.0,
-        timer_period_ms: None,
-        kicks: Vec::new(),
         eintr_per_s,
-        punished_pct: 0.0,
-        verdict: Verdict::Ok,
-        confirmed: true,
-        evidence: Vec::new(),
-        totals: tracer_events::ThreadTotals::default(),
-        kernel: None,
+        ..tracer_events::ThreadRow::empty(1, Some(0), tid, Verdict::Ok, true)
     }
 }
 

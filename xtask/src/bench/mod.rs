@@ -503,34 +503,55 @@ fn overhead(
     }))
 }
 
-/// What a recording says about a storm's threads.
+/// What a recording says about the workload's threads.
 #[derive(Debug)]
 struct RecordingCounts {
     /// `signal` events in the file per target thread.
     recorded: HashMap<u32, u64>,
+    /// Of those, tkill signals (`si_code` SI_TKILL) per target thread.
+    kicks: HashMap<u32, u64>,
+    /// KVM_RUN returns with EINTR per thread.
+    eintr: HashMap<u32, u64>,
     /// The summary record.
     summary: Box<Summary>,
 }
 
+/// `si_code` of a `tkill`/`tgkill` signal (`pthread_kill`).
+const SI_TKILL: i32 = -6;
+/// `-EINTR`, the errno of an interrupted KVM_RUN return.
+const EINTR_ERRNO: i32 = -4;
+
 /// Reads a recording with the format's reader and counts its `signal`
-/// events aimed at `tids`; fails without a summary record.
+/// events aimed at `tids` and their EINTR returns; fails without a
+/// summary record.
 fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingCounts> {
     // The reader's errors name the file (and the line).
-    let mut reader = RecordingReader::open(path).context("opening the storm's recording")?;
+    let mut reader = RecordingReader::open(path).context("opening the workload's recording")?;
     let mut recorded = HashMap::new();
+    let mut kicks = HashMap::new();
+    let mut eintr = HashMap::new();
     let mut summary = None;
     while let Some(record) = reader
         .next_record()
-        .context("reading the storm's recording")?
+        .context("reading the workload's recording")?
     {
         match record {
-            Record::Event(event) => {
-                if let EventBody::Signal { target_tid, .. } = event.body
-                    && tids.contains(&target_tid)
-                {
+            Record::Event(event) => match event.body {
+                EventBody::Signal {
+                    target_tid, code, ..
+                } if tids.contains(&target_tid) => {
                     *recorded.entry(target_tid).or_insert(0) += 1;
+                    if code == SI_TKILL {
+                        *kicks.entry(target_tid).or_insert(0) += 1;
+                    }
                 }
-            }
+                EventBody::UserspaceExit { errno, .. }
+                    if errno == EINTR_ERRNO && tids.contains(&event.tid) =>
+                {
+                    *eintr.entry(event.tid).or_insert(0) += 1;
+                }
+                _ => {}
+            },
             Record::Summary(last) => summary = Some(last),
             // The summary's loss totals are what is compared; the reader
             // refuses a second meta record.
@@ -543,7 +564,53 @@ fn read_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<RecordingC
             path.display()
         )
     })?;
-    Ok(RecordingCounts { recorded, summary })
+    Ok(RecordingCounts {
+        recorded,
+        kicks,
+        eintr,
+        summary,
+    })
+}
+
+/// One workload run under `tracer record`.
+struct Recorded<T> {
+    /// The workload's own report.
+    work: T,
+    /// The tracer's CPU from just before the workload to the end of its
+    /// drain (start-up and the summary left out), ns.
+    cpu_ns: u64,
+    /// The recording's counts for the workload's threads.
+    counts: RecordingCounts,
+    /// The stopped tracer.
+    stopped: Stopped,
+}
+
+/// Starts `tracer record`, runs `workload` (which gets the tracer's pid),
+/// lets the tracer drain, stops it and reads the recording for the
+/// threads `tids` names; the recording is removed.
+fn under_record<T>(
+    programs: &Programs,
+    work: &Path,
+    options: &TracerOptions,
+    workload: impl FnOnce(u32) -> anyhow::Result<T>,
+    tids: impl FnOnce(&T) -> HashSet<u32>,
+) -> anyhow::Result<Recorded<T>> {
+    let observer = observer::start(ObserverKind::TracerRecord, &programs.tracer, work, options)?;
+    let cpu_before = observer::cpu_ns(observer.pid())?;
+    let result = workload(observer.pid())?;
+    // Let the tracer drain what the last events put in the ring.
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_ns = observer::cpu_ns(observer.pid())?.saturating_sub(cpu_before);
+    let stopped = observer.stop()?;
+    let path = stopped.output.clone().context("recording path")?;
+    let counts = read_recording(&path, &tids(&result))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(Recorded {
+        work: result,
+        cpu_ns,
+        counts,
+        stopped,
+    })
 }
 
 /// One storm under `tracer record`, compared with its ground truth.
@@ -556,42 +623,47 @@ fn loss_run(
     count_hits: bool,
     stall_reader: Option<Duration>,
 ) -> anyhow::Result<Value> {
-    let observer = observer::start(ObserverKind::TracerRecord, &programs.tracer, work, options)?;
-    // Stopping the whole tracer (SIGSTOP) for a while in the middle of the
-    // storm fills the ring: the drops must then be counted exactly.
-    let staller = stall_reader.map(|stall| {
-        let pid = observer.pid() as i32;
-        let delay = Duration::from_secs(seconds) / 3;
-        std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::sleep(stall);
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-        })
-    });
     let perf_stat = work.join("perf-stat.csv");
-    let cpu_before = observer::cpu_ns(observer.pid())?;
-    let (result, hits) = storm_counted(
-        &programs.testkit,
-        2,
-        rate,
-        seconds,
-        StormThreads::VcpuNames,
-        count_hits.then_some(perf_stat.as_path()),
+    let Recorded {
+        work: (result, hits),
+        cpu_ns: cpu_storm_ns,
+        counts,
+        stopped,
+    } = under_record(
+        programs,
+        work,
+        options,
+        |pid| {
+            // Stopping the whole tracer (SIGSTOP) for a while in the middle
+            // of the storm fills the ring: the drops must then be counted
+            // exactly.
+            let staller = stall_reader.map(|stall| {
+                let delay = Duration::from_secs(seconds) / 3;
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+                    std::thread::sleep(stall);
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                })
+            });
+            let storm = storm_counted(
+                &programs.testkit,
+                2,
+                rate,
+                seconds,
+                StormThreads::VcpuNames,
+                count_hits.then_some(perf_stat.as_path()),
+            );
+            if let Some(staller) = staller {
+                let _ = staller.join();
+            }
+            storm
+        },
+        |(result, _)| result.threads.iter().map(|t| t.tid).collect(),
     )?;
-    if let Some(staller) = staller {
-        let _ = staller.join();
-    }
-    // Let the tracer drain what the last signals put in the ring.
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu_storm_ns = observer::cpu_ns(observer.pid())?.saturating_sub(cpu_before);
-    let stopped = observer.stop()?;
-    let path = stopped.output.clone().context("recording path")?;
     let tids: HashSet<u32> = result.threads.iter().map(|t| t.tid).collect();
-    let counts = read_recording(&path, &tids)?;
-    let _ = std::fs::remove_file(&path);
     let counted = kernel_counts(&counts.summary);
     let truth: u64 = result.threads.iter().map(|t| t.signals).sum();
     let kernel: u64 = tids
@@ -668,56 +740,6 @@ fn kernel_counts(summary: &Summary) -> HashMap<u32, KernelCounts> {
         .collect()
 }
 
-/// What a recording holds for the kick storm's vCPU threads.
-#[derive(Debug, Default)]
-struct KickRecording {
-    /// tkill signals (`si_code` SI_TKILL) per target thread.
-    kicks: HashMap<u32, u64>,
-    /// KVM_RUN returns with EINTR per thread.
-    eintr: HashMap<u32, u64>,
-    /// The summary record.
-    summary: Option<Box<Summary>>,
-}
-
-/// `si_code` of a `tkill`/`tgkill` signal (`pthread_kill`).
-const SI_TKILL: i32 = -6;
-/// `-EINTR`, the errno of an interrupted KVM_RUN return.
-const EINTR_ERRNO: i32 = -4;
-
-fn read_kick_recording(path: &Path, tids: &HashSet<u32>) -> anyhow::Result<KickRecording> {
-    let mut reader = RecordingReader::open(path).context("opening the kick storm's recording")?;
-    let mut out = KickRecording::default();
-    while let Some(record) = reader
-        .next_record()
-        .context("reading the kick storm's recording")?
-    {
-        match record {
-            Record::Event(event) => match event.body {
-                EventBody::Signal {
-                    target_tid, code, ..
-                } if code == SI_TKILL && tids.contains(&target_tid) => {
-                    *out.kicks.entry(target_tid).or_insert(0) += 1;
-                }
-                EventBody::UserspaceExit { errno, .. }
-                    if errno == EINTR_ERRNO && tids.contains(&event.tid) =>
-                {
-                    *out.eintr.entry(event.tid).or_insert(0) += 1;
-                }
-                _ => {}
-            },
-            Record::Summary(last) => out.summary = Some(last),
-            Record::Lost(_) | Record::Mitigation(_) | Record::Meta(_) => {}
-        }
-    }
-    if out.summary.is_none() {
-        bail!(
-            "{}: no summary record (the recorder did not finish)",
-            path.display()
-        );
-    }
-    Ok(out)
-}
-
 /// One tkill kick storm under `tracer record`, compared with the
 /// reproducer's own counts: every kick it sent and every EINTR return it
 /// saw must be in the file or reported lost.
@@ -727,22 +749,20 @@ fn kick_loss_run(
     period: &str,
     seconds: u64,
 ) -> anyhow::Result<Value> {
-    let observer = observer::start(
-        ObserverKind::TracerRecord,
-        &programs.tracer,
+    let Recorded {
+        work: report,
+        cpu_ns: cpu_storm_ns,
+        counts: recording,
+        ..
+    } = under_record(
+        programs,
         work,
         &TracerOptions::default(),
+        |_| kick_storm(&programs.tracer, period, seconds),
+        |report| report.vcpus.iter().map(|vcpu| vcpu.tid).collect(),
     )?;
-    let cpu_before = observer::cpu_ns(observer.pid())?;
-    let report = kick_storm(&programs.tracer, period, seconds)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu_storm_ns = observer::cpu_ns(observer.pid())?.saturating_sub(cpu_before);
-    let stopped = observer.stop()?;
-    let path = stopped.output.clone().context("recording path")?;
     let tids: HashSet<u32> = report.vcpus.iter().map(|vcpu| vcpu.tid).collect();
-    let recording = read_kick_recording(&path, &tids)?;
-    let _ = std::fs::remove_file(&path);
-    let summary = recording.summary.context("summary")?;
+    let summary = recording.summary;
     let kernel = kernel_counts(&summary);
     let kicks_sent: u64 = report.vcpus.iter().map(|vcpu| vcpu.kicks_sent).sum();
     let eintr_seen: u64 = report.vcpus.iter().map(|vcpu| vcpu.eintr_returns).sum();

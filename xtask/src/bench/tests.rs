@@ -10,7 +10,7 @@ use tracer_events::{
 
 use super::{
     ReportJson, StormReport, kernel_counts, observer::bpftrace_timer_counts, pattern_onset,
-    read_kick_recording, read_recording,
+    read_recording,
 };
 
 fn metadata() -> Metadata {
@@ -257,7 +257,7 @@ fn storm_report_reads_what_the_storm_prints() {
 }
 
 #[test]
-fn read_kick_recording_counts_tkill_kicks_and_eintr_returns_of_the_vcpu_threads() {
+fn read_recording_counts_tkill_kicks_and_eintr_returns_of_the_vcpu_threads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kicks.jsonl");
     let kick = |ts_ns, target_tid, code| {
@@ -293,11 +293,13 @@ fn read_kick_recording_counts_tkill_kicks_and_eintr_returns_of_the_vcpu_threads(
         ],
     );
     let tids: HashSet<u32> = [11].into_iter().collect();
-    let counted = read_kick_recording(&path, &tids).unwrap();
+    let counted = read_recording(&path, &tids).unwrap();
     assert_eq!(counted.kicks.get(&11), Some(&2));
+    // Every signal to 11 is a recorded signal, the timer one too.
+    assert_eq!(counted.recorded.get(&11), Some(&3));
     assert_eq!(counted.eintr.get(&11), Some(&1));
     assert_eq!(counted.kicks.len() + counted.eintr.len(), 2);
-    let kernel = kernel_counts(&counted.summary.unwrap());
+    let kernel = kernel_counts(&counted.summary);
     assert_eq!(kernel[&11].timer_signals, 3);
 }
 
