@@ -93,19 +93,24 @@ impl SweepTracer {
         work: impl FnOnce() -> anyhow::Result<ReproReport> + Send,
     ) -> anyhow::Result<(ReproReport, TracedRun)> {
         let lost_before = self.session.losses()?.total();
+        // Events are applied as they are drained: memory stays bounded by
+        // one drain, whatever the period and the duration.
         let mut events = Vec::new();
+        let mut replay = RunReplay::new(self.misery_possible);
         let session = &mut self.session;
         let report = std::thread::scope(|scope| {
             let run = scope.spawn(work);
             self.runtime.block_on(async {
                 while !run.is_finished() {
                     session.wait_events(&mut events, POLL).await?;
+                    replay.feed(&mut events);
                 }
                 let mut quiet_since = std::time::Instant::now();
                 while quiet_since.elapsed() < QUIET {
                     if session.wait_events(&mut events, POLL).await? > 0 {
                         quiet_since = std::time::Instant::now();
                     }
+                    replay.feed(&mut events);
                 }
                 anyhow::Ok(())
             })?;
@@ -121,7 +126,7 @@ impl SweepTracer {
                 .map(field)
                 .sum()
         };
-        let (verdict, interrupted_punishments) = classify(&events, &tids, self.misery_possible);
+        let (verdict, interrupted_punishments) = replay.finish(&tids);
         Ok((
             report,
             TracedRun {
@@ -136,48 +141,80 @@ impl SweepTracer {
     }
 }
 
-/// Replays one run's events through a fresh model, asking for the vCPU
-/// threads' verdicts every [`CLASSIFY_EVERY_NS`] of trace time and at the
-/// last event; returns the worst verdict's label and the interrupted
-/// punishments of those threads.
-fn classify(events: &[Event], tids: &[u32], misery_possible: Option<bool>) -> (String, u64) {
-    let mut model = Model::new();
-    model.set_misery_possible(misery_possible);
-    let mut worst: Option<(Verdict, bool)> = None;
-    let mut judge = |model: &Model, now_ns: u64| {
-        for &tid in tids {
-            if let Some(seen) = model.verdict_of(tid, now_ns)
-                && worst.is_none_or(|(verdict, _)| seen.0 < verdict)
-            {
-                worst = Some(seen);
+/// One run's events applied to a fresh model as they arrive, the model
+/// asked for every thread's verdict every [`CLASSIFY_EVERY_NS`] of trace
+/// time and at the last event; the worst verdict of each thread is kept.
+struct RunReplay {
+    model: Model,
+    next_tick: Option<u64>,
+    last_ts: Option<u64>,
+    worst: std::collections::HashMap<u32, (Verdict, bool)>,
+}
+
+impl RunReplay {
+    fn new(misery_possible: Option<bool>) -> Self {
+        let mut model = Model::new();
+        model.set_misery_possible(misery_possible);
+        Self {
+            model,
+            next_tick: None,
+            last_ts: None,
+            worst: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Applies and empties `events`.
+    fn feed(&mut self, events: &mut Vec<Event>) {
+        for event in events.drain(..) {
+            let next = *self
+                .next_tick
+                .get_or_insert(event.ts_ns.saturating_add(CLASSIFY_EVERY_NS));
+            let mut tick = next;
+            while event.ts_ns >= tick {
+                self.judge(tick);
+                tick = tick.saturating_add(CLASSIFY_EVERY_NS);
+            }
+            self.next_tick = Some(tick);
+            self.model.apply(&event);
+            self.last_ts = Some(event.ts_ns);
+        }
+    }
+
+    fn judge(&mut self, now_ns: u64) {
+        for row in self.model.rows(now_ns, true) {
+            let seen = (row.verdict, row.confirmed);
+            let worst = self.worst.entry(row.tid).or_insert(seen);
+            if seen.0 < worst.0 {
+                *worst = seen;
             }
         }
-    };
-    let mut next_tick = events.first().map_or(0, |event| event.ts_ns) + CLASSIFY_EVERY_NS;
-    for event in events {
-        while event.ts_ns >= next_tick {
-            judge(&model, next_tick);
-            next_tick += CLASSIFY_EVERY_NS;
+    }
+
+    /// The worst verdict's label over `tids` and their interrupted
+    /// punishments.
+    fn finish(mut self, tids: &[u32]) -> (String, u64) {
+        if let Some(last) = self.last_ts {
+            self.judge(last);
         }
-        model.apply(event);
+        let interrupted = tids
+            .iter()
+            .filter_map(|&tid| self.model.thread(tid))
+            .map(|thread| thread.totals.interrupted_episodes)
+            .sum();
+        let worst = tids
+            .iter()
+            .filter_map(|tid| self.worst.get(tid))
+            .min_by_key(|(verdict, _)| *verdict);
+        let label = worst.map_or_else(
+            || "-".to_owned(),
+            |&(verdict, confirmed)| {
+                if confirmed {
+                    verdict.label().to_owned()
+                } else {
+                    format!("{} (inferred)", verdict.label())
+                }
+            },
+        );
+        (label, interrupted)
     }
-    if let Some(last) = events.last() {
-        judge(&model, last.ts_ns);
-    }
-    let interrupted = tids
-        .iter()
-        .filter_map(|&tid| model.thread(tid))
-        .map(|thread| thread.totals.interrupted_episodes)
-        .sum();
-    let label = worst.map_or_else(
-        || "-".to_owned(),
-        |(verdict, confirmed)| {
-            if confirmed {
-                verdict.label().to_owned()
-            } else {
-                format!("{} (inferred)", verdict.label())
-            }
-        },
-    );
-    (label, interrupted)
 }
