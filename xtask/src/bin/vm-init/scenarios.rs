@@ -164,7 +164,15 @@ fn setup_tracefs() -> Result<String, String> {
             |error| format!("msr:write_msr not used: {error}\n"),
             |()| "msr:write_msr if msr == 0x33\n".to_owned(),
         );
-    Ok(format!("{definitions}{msr}"))
+    // The kernel's own signal tracepoint, for SI_TIMER (-2) signals only:
+    // the timer period the tracer reports is checked against it.
+    let timer = tracefs("events/signal/signal_generate/filter", "code == -2")
+        .and_then(|()| tracefs("events/signal/signal_generate/enable", "1"))
+        .map_or_else(
+            |error| format!("signal:signal_generate not used: {error}\n"),
+            |()| "signal:signal_generate if code == -2\n".to_owned(),
+        );
+    Ok(format!("{definitions}{msr}{timer}"))
 }
 
 /// Gzips and base64-encodes `data` and prints it in `VMTEST-FILE` chunks.
