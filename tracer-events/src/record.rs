@@ -168,18 +168,24 @@ impl Summary {
     }
 }
 
-/// The sysctl [`MitigationChange`] records follow.
+/// The sysctl [`MitigationChange`] records follow; the classifier uses it.
 pub const SPLIT_LOCK_MITIGATE: &str = "kernel.split_lock_mitigate";
 
-/// A setting the classifier depends on changed while tracing (the tracer
-/// polls it every interval): e.g. `sysctl kernel.split_lock_mitigate=0`
-/// applied during a livelock. Absent from recordings of older tracers.
+/// CPU 0's microcode revision (`/sys/devices/system/cpu/cpu0/microcode/version`),
+/// which a late microcode load changes at run time: the fix for
+/// "KVM internal error. Suberror: 3" on some CPUs. Shown, not classified.
+pub const MICROCODE_REVISION: &str = "microcode";
+
+/// A watched host setting changed while tracing (the tracer polls them
+/// every interval): e.g. `sysctl kernel.split_lock_mitigate=0` applied
+/// during a livelock, or a late microcode load. Absent from recordings of
+/// older tracers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MitigationChange {
     /// When the tracer saw the new value (CLOCK_MONOTONIC, the interval
     /// tick that read it: the change happened during the interval before).
     pub ts_ns: u64,
-    /// Which setting ([`SPLIT_LOCK_MITIGATE`]).
+    /// Which setting ([`SPLIT_LOCK_MITIGATE`], [`MICROCODE_REVISION`]).
     pub setting: String,
     /// The previous reading, which still had `from`: the change happened
     /// in (`since_ns`, `ts_ns`].
@@ -191,9 +197,15 @@ pub struct MitigationChange {
 }
 
 impl MitigationChange {
-    /// `split_lock_mitigate 1 → 0` (`n/a` for an absent value).
+    /// `split_lock_mitigate 1 → 0`, `microcode 0x24000023 → 0x24000024`
+    /// (`n/a` for an absent value).
     pub fn describe(&self) -> String {
-        let value = |value: Option<u32>| value.map_or_else(|| "n/a".to_owned(), |v| v.to_string());
+        let hex = self.setting == MICROCODE_REVISION;
+        let value = |value: Option<u32>| match value {
+            None => "n/a".to_owned(),
+            Some(v) if hex => format!("{v:#x}"),
+            Some(v) => v.to_string(),
+        };
         format!(
             "{} {} → {}",
             self.setting.trim_start_matches("kernel."),

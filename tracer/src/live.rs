@@ -54,11 +54,14 @@ pub struct ViewStatus {
     /// `kernel.split_lock_mitigate` in force (`None`: the kernel has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_lock_mitigate: Option<u32>,
-    /// The last change of it, as the header says it
+    /// CPU 0's microcode revision in force (`None`: not reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microcode_revision: Option<u32>,
+    /// The last change of a watched setting, as the header says it
     /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mitigation_change: Option<String>,
-    /// Changes of it seen so far.
+    /// Changes of the watched settings seen so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mitigation_changes: u64,
 }

@@ -319,11 +319,20 @@ pub fn encode_metrics(
             mitigate,
         );
     }
+    if let Some(value) = status.microcode_revision {
+        let microcode = Gauge::<i64>::default();
+        microcode.set(i64::from(value));
+        registry.register(
+            "microcode_revision",
+            "CPU 0's microcode revision as last read (polled every interval)",
+            microcode,
+        );
+    }
     let changes = Counter::<u64>::default();
     changes.inc_by(status.mitigation_changes);
     registry.register(
         "mitigation_changes",
-        "Changes of kernel.split_lock_mitigate seen while tracing",
+        "Changes of kernel.split_lock_mitigate or of the microcode revision seen while tracing",
         changes,
     );
     let mut out = String::new();
@@ -401,5 +410,63 @@ mod tests {
             },
         );
         assert!(!empty.contains("tid=\"4250\""));
+    }
+
+    /// What serve exposes after `sysctl kernel.split_lock_mitigate=0` and a
+    /// late microcode load: the values in force and the count of changes.
+    #[test]
+    fn mitigation_settings_and_their_changes() {
+        let probes = ProbeReport {
+            entries: Vec::new(),
+        };
+        let encode = |status: &ViewStatus| {
+            encode_metrics(
+                &[],
+                |_| (String::new(), String::new()),
+                status,
+                &LossCounts::default(),
+                &probes,
+            )
+        };
+        let before = encode(&ViewStatus {
+            split_lock_mitigate: Some(1),
+            ..ViewStatus::default()
+        });
+        assert!(
+            before.contains("split_lock_tracer_split_lock_mitigate 1\n"),
+            "{before}"
+        );
+        assert!(
+            before.contains("split_lock_tracer_mitigation_changes_total 0\n"),
+            "{before}"
+        );
+        assert!(!before.contains("microcode_revision"), "{before}");
+        let after = encode(&ViewStatus {
+            split_lock_mitigate: Some(0),
+            microcode_revision: Some(0x2400_0024),
+            mitigation_changes: 2,
+            ..ViewStatus::default()
+        });
+        assert!(
+            after.contains("split_lock_tracer_split_lock_mitigate 0\n"),
+            "{after}"
+        );
+        assert!(
+            after.contains(&format!(
+                "split_lock_tracer_microcode_revision {}\n",
+                0x2400_0024
+            )),
+            "{after}"
+        );
+        assert!(
+            after.contains("split_lock_tracer_mitigation_changes_total 2\n"),
+            "{after}"
+        );
+        // A kernel without the sysctl: no series rather than a made-up value.
+        let absent = encode(&ViewStatus::default());
+        assert!(
+            !absent.contains("split_lock_tracer_split_lock_mitigate "),
+            "{absent}"
+        );
     }
 }

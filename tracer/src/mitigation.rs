@@ -1,51 +1,74 @@
-//! Watching the mitigation settings while tracing: `kernel.split_lock_mitigate`
-//! is read every interval through the host root (a fake root in tests), and a
-//! change becomes a [`MitigationChange`] for the model, the header, the
-//! recording and the metrics.
+//! Watching host settings while tracing: `kernel.split_lock_mitigate` (the
+//! classifier depends on it) and CPU 0's microcode revision (a late load
+//! changes it) are read every interval through the host root (a fake root
+//! in tests), and a change becomes a [`MitigationChange`] for the model,
+//! the header, the recording and the metrics.
 
-use tracer_events::{MitigationChange, SPLIT_LOCK_MITIGATE};
+use tracer_events::{MICROCODE_REVISION, MitigationChange, SPLIT_LOCK_MITIGATE};
 
 use crate::kernel::host::HostRoot;
 
-/// Polls `kernel.split_lock_mitigate` under a host root.
+/// Reads one watched setting under a host root (`None`: absent or unreadable).
+type ReadSetting = fn(&HostRoot) -> Option<u32>;
+
+/// The settings watched, each with its reader.
+const WATCHED: [(&str, ReadSetting); 2] = [
+    (SPLIT_LOCK_MITIGATE, HostRoot::split_lock_mitigate),
+    (MICROCODE_REVISION, HostRoot::microcode_revision),
+];
+
+/// Polls the watched settings under a host root.
 #[derive(Debug)]
 pub struct MitigationWatch {
     host: HostRoot,
-    value: Option<u32>,
+    /// The last reading of each [`WATCHED`] setting, in its order.
+    values: [Option<u32>; WATCHED.len()],
     read_ns: u64,
 }
 
 impl MitigationWatch {
-    /// Reads the value in force at `now_ns`.
+    /// Reads the values in force at `now_ns`.
     pub fn new(host: HostRoot, now_ns: u64) -> Self {
-        let value = host.split_lock_mitigate();
+        let values = WATCHED.map(|(_, read)| read(&host));
         Self {
             host,
-            value,
+            values,
             read_ns: now_ns,
         }
     }
 
-    /// The value last read.
+    /// `kernel.split_lock_mitigate` as last read.
     pub fn value(&self) -> Option<u32> {
-        self.value
+        self.value_of(SPLIT_LOCK_MITIGATE)
     }
 
-    /// Reads it again at `now_ns`; the change, when it differs.
-    pub fn poll(&mut self, now_ns: u64) -> Option<MitigationChange> {
-        let value = self.host.split_lock_mitigate();
+    /// A watched setting as last read (`None` also for a setting not watched).
+    pub fn value_of(&self, setting: &str) -> Option<u32> {
+        WATCHED
+            .iter()
+            .position(|(name, _)| *name == setting)
+            .and_then(|index| self.values[index])
+    }
+
+    /// Reads them again at `now_ns`; the changes, in [`WATCHED`] order.
+    pub fn poll(&mut self, now_ns: u64) -> Vec<MitigationChange> {
         let since_ns = std::mem::replace(&mut self.read_ns, now_ns);
-        if value == self.value {
-            return None;
+        let mut changes = Vec::new();
+        for ((setting, read), last) in WATCHED.iter().zip(&mut self.values) {
+            let value = read(&self.host);
+            if value == *last {
+                continue;
+            }
+            let from = std::mem::replace(last, value);
+            changes.push(MitigationChange {
+                ts_ns: now_ns,
+                setting: (*setting).to_owned(),
+                since_ns,
+                from,
+                to: value,
+            });
         }
-        let from = std::mem::replace(&mut self.value, value);
-        Some(MitigationChange {
-            ts_ns: now_ns,
-            setting: SPLIT_LOCK_MITIGATE.to_owned(),
-            since_ns,
-            from,
-            to: value,
-        })
+        changes
     }
 }
 
@@ -84,14 +107,39 @@ mod tests {
         std::fs::write(sysctl.join("split_lock_mitigate"), "1\n").unwrap();
         let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
         assert_eq!(watch.value(), Some(1));
-        assert_eq!(watch.poll(200), None);
+        assert_eq!(watch.value_of(MICROCODE_REVISION), None);
+        assert_eq!(watch.poll(200), []);
         std::fs::write(sysctl.join("split_lock_mitigate"), "0\n").unwrap();
-        let change = watch.poll(300).expect("a change");
+        let changes = watch.poll(300);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let change = &changes[0];
         assert_eq!((change.since_ns, change.ts_ns), (200, 300));
         assert_eq!((change.from, change.to), (Some(1), Some(0)));
         assert_eq!(change.describe(), "split_lock_mitigate 1 → 0");
-        assert_eq!(watch.poll(400), None);
+        assert_eq!(watch.poll(400), []);
         std::fs::remove_file(sysctl.join("split_lock_mitigate")).unwrap();
-        assert_eq!(watch.poll(500).map(|change| change.to), Some(None));
+        assert_eq!(watch.poll(500)[0].to, None);
+    }
+
+    /// A late microcode load (`echo 1 > /sys/devices/system/cpu/microcode/reload`)
+    /// changes the revision sysfs reports; the sysctl is untouched.
+    #[test]
+    fn a_late_microcode_load_is_a_change_of_its_own() {
+        let root = tempfile::tempdir().unwrap();
+        let sysctl = root.path().join("proc/sys/kernel");
+        let microcode = root.path().join("sys/devices/system/cpu/cpu0/microcode");
+        std::fs::create_dir_all(&sysctl).unwrap();
+        std::fs::create_dir_all(&microcode).unwrap();
+        std::fs::write(sysctl.join("split_lock_mitigate"), "1\n").unwrap();
+        std::fs::write(microcode.join("version"), "0x24000023\n").unwrap();
+        let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
+        assert_eq!(watch.value_of(MICROCODE_REVISION), Some(0x2400_0023));
+        std::fs::write(microcode.join("version"), "0x24000024\n").unwrap();
+        let changes = watch.poll(200);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].setting, MICROCODE_REVISION);
+        assert_eq!(changes[0].describe(), "microcode 0x24000023 → 0x24000024");
+        assert_eq!(watch.value(), Some(1));
+        assert_eq!(watch.value_of(MICROCODE_REVISION), Some(0x2400_0024));
     }
 }

@@ -299,6 +299,7 @@ impl Runner {
                 .load(std::sync::atomic::Ordering::Relaxed),
             elapsed_s: started.elapsed().as_secs_f64(),
             split_lock_mitigate: self.mitigation.value(),
+            microcode_revision: self.mitigation.value_of(tracer_events::MICROCODE_REVISION),
             mitigation_change: self.mitigation_note.clone(),
             mitigation_changes: self.mitigation_changes,
         };
@@ -334,7 +335,7 @@ impl Runner {
         }
         let host = &self.host;
         self.model.expire(now_ns, |tid| host.thread_gone(tid));
-        let mitigations: Vec<MitigationChange> = self.mitigation.poll(now_ns).into_iter().collect();
+        let mitigations = self.mitigation.poll(now_ns);
         for change in &mitigations {
             self.model.mitigation_changed(
                 change,

@@ -708,26 +708,39 @@ fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
         simulate::modelled_metadata(std::slice::from_ref(&scenario), ProbeSet::Full, start);
     let path = dir.path().join("mitigated.jsonl");
     let writer = RecordingWriter::create(&path, false, metadata, events.len() + 16).unwrap();
+    // And a late microcode load a second later: its own record, shown but
+    // not a reason for any verdict.
+    let microcode = dir
+        .path()
+        .join("root/sys/devices/system/cpu/cpu0/microcode/version");
+    std::fs::create_dir_all(microcode.parent().unwrap()).unwrap();
+    std::fs::write(&microcode, "0x24000023\n").unwrap();
+    let microcode_at = change_at + 1_000_000_000;
     let mut watch = MitigationWatch::new(HostRoot::new(dir.path().join("root")), start);
     let mut next_poll = start + 1_000_000_000;
-    let mut applied = false;
-    let mut changes = 0;
+    let (mut applied, mut loaded) = (false, false);
+    let mut changes = Vec::new();
     let end = events.last().unwrap().ts_ns;
     for event in events {
         if !applied && event.ts_ns >= change_at {
             std::fs::write(&sysctl, "0\n").unwrap();
             applied = true;
         }
+        if !loaded && event.ts_ns >= microcode_at {
+            std::fs::write(&microcode, "0x24000024\n").unwrap();
+            loaded = true;
+        }
         while event.ts_ns >= next_poll {
-            if let Some(change) = watch.poll(next_poll) {
+            for change in watch.poll(next_poll) {
+                changes.push(change.clone());
                 writer.mitigation(change);
-                changes += 1;
             }
             next_poll += 1_000_000_000;
         }
         writer.event(event);
     }
-    assert_eq!(changes, 1);
+    let settings: Vec<&str> = changes.iter().map(|c| c.setting.as_str()).collect();
+    assert_eq!(settings, ["kernel.split_lock_mitigate", "microcode"]);
     let outcome = writer.finish(Summary::new(end, EndReason::Duration));
     assert!(outcome.write_error.is_none());
     let text = std::fs::read_to_string(&path).unwrap();
@@ -766,9 +779,44 @@ fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
         ftrace.contains("# MITIGATION split_lock_mitigate 1 → 0"),
         "{ftrace}"
     );
+    assert!(
+        ftrace.contains("# MITIGATION microcode 0x24000023 → 0x24000024"),
+        "{ftrace}"
+    );
     let json: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
     assert_eq!(json["mitigation_changes"][0]["to"], 0, "{json}");
+    assert_eq!(json["mitigation_changes"][1]["to"], 0x2400_0024, "{json}");
+    // The sysctl in force stays the sysctl's value after the microcode change.
     assert_eq!(json["status"]["split_lock_mitigate"], 0, "{json}");
+    assert_eq!(json["status"]["microcode_revision"], 0x2400_0024, "{json}");
+    assert_eq!(json["status"]["mitigation_changes"], 2, "{json}");
+    #[cfg(feature = "perfetto")]
+    {
+        use perfetto_protos::{trace::Trace, track_event::track_event::Type};
+        use protobuf::Message as _;
+        let trace_path = dir.path().join("mitigated.pftrace");
+        let output = Command::new(TRACER)
+            .args(["report", "--format", "perfetto", "-o"])
+            .arg(&trace_path)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let trace = Trace::parse_from_bytes(&std::fs::read(&trace_path).unwrap()).unwrap();
+        let instants: Vec<(u64, String)> = trace
+            .packet
+            .iter()
+            .filter(|packet| packet.has_track_event())
+            .filter(|packet| packet.track_event().type_() == Type::TYPE_INSTANT)
+            .filter(|packet| packet.track_event().name().starts_with("MITIGATION"))
+            .map(|packet| (packet.timestamp(), packet.track_event().name().to_owned()))
+            .collect();
+        let expected: Vec<(u64, String)> = changes
+            .iter()
+            .map(|change| (change.ts_ns, format!("MITIGATION {}", change.describe())))
+            .collect();
+        assert_eq!(instants, expected);
+    }
     let verdicts: Vec<&str> = json["verdict_changes"]
         .as_array()
         .unwrap()

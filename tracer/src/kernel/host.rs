@@ -176,6 +176,15 @@ impl HostRoot {
             .ok()
     }
 
+    /// CPU 0's microcode revision from sysfs (`0x24000024`), if the
+    /// microcode driver exposes it.
+    pub fn microcode_revision(&self) -> Option<u32> {
+        let text = self
+            .read_trimmed("/sys/devices/system/cpu/cpu0/microcode/version")
+            .ok()?;
+        u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+    }
+
     /// Kernel release (`/proc/sys/kernel/osrelease`).
     pub fn kernel_release(&self) -> Option<String> {
         self.read_trimmed("/proc/sys/kernel/osrelease").ok()

@@ -691,14 +691,19 @@ impl Model {
         self.threads.len()
     }
 
-    /// A mitigation setting changed: from now on the classifier uses
-    /// `misery` (as [`Model::set_misery_possible`]), and the threads
-    /// livelocked when it happened are watched for their recovery.
+    /// A watched setting changed. For `kernel.split_lock_mitigate` the
+    /// classifier uses `misery` from now on (as
+    /// [`Model::set_misery_possible`]), and the threads livelocked when it
+    /// happened are watched for their recovery; other settings (the
+    /// microcode revision) do not change a verdict.
     pub fn mitigation_changed(
         &mut self,
         change: &tracer_events::MitigationChange,
         misery: Option<bool>,
     ) {
+        if change.setting != tracer_events::SPLIT_LOCK_MITIGATE {
+            return;
+        }
         let text = change.describe();
         for thread in self.threads.values_mut() {
             thread.mitigation_changed(change.since_ns, change.ts_ns, &text);

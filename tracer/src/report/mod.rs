@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use tracer_events::{
-    Event, LossCounts, LostCause, LostRecord, Metadata, MitigationChange, Record, Summary,
-    ThreadRow, Verdict, VerdictChange, apply_loss,
+    Event, LossCounts, LostCause, LostRecord, MICROCODE_REVISION, Metadata, MitigationChange,
+    Record, SPLIT_LOCK_MITIGATE, Summary, ThreadRow, Verdict, VerdictChange, apply_loss,
 };
 
 use crate::{
@@ -56,6 +56,10 @@ pub struct Replay {
     pub mitigations_seen: u64,
     /// The latest mitigation change, also past the list's end.
     pub last_mitigation: Option<MitigationChange>,
+    /// `kernel.split_lock_mitigate` in force: the metadata's, then each change's.
+    split_lock_mitigate: Option<u32>,
+    /// CPU 0's microcode revision in force, likewise.
+    microcode_revision: Option<u32>,
     /// Lost records summed by cause and detail.
     pub lost: BTreeMap<(LostCause, Option<String>), u64>,
     /// The summary record, if the recording has one.
@@ -118,9 +122,18 @@ impl Replay {
         for vm in &metadata.vms {
             model.set_process_info(vm.pid, vm.info.clone());
         }
+        let split_lock_mitigate = metadata.host.split_lock_mitigate;
+        let microcode_revision = metadata
+            .host
+            .cpu
+            .as_ref()
+            .and_then(|cpu| cpu.microcode)
+            .and_then(|revision| u32::try_from(revision).ok());
         Self {
             metadata,
             model,
+            split_lock_mitigate,
+            microcode_revision,
             next_tick: NextTick::NotStarted,
             changes: Vec::new(),
             mitigations: Vec::new(),
@@ -152,6 +165,11 @@ impl Replay {
                     self.mitigations.push(change.clone());
                 }
                 self.mitigations_seen = self.mitigations_seen.saturating_add(1);
+                match change.setting.as_str() {
+                    SPLIT_LOCK_MITIGATE => self.split_lock_mitigate = change.to,
+                    MICROCODE_REVISION => self.microcode_revision = change.to,
+                    _ => {}
+                }
                 self.last_mitigation = Some(change.clone());
             }
             Record::Summary(summary) => {
@@ -310,10 +328,8 @@ impl Replay {
             recorder_not_written: events_not_written,
             ebpf_log_messages: 0,
             elapsed_s: elapsed_ns as f64 / 1e9,
-            split_lock_mitigate: self
-                .last_mitigation
-                .as_ref()
-                .map_or(self.metadata.host.split_lock_mitigate, |change| change.to),
+            split_lock_mitigate: self.split_lock_mitigate,
+            microcode_revision: self.microcode_revision,
             mitigation_change: self.last_mitigation.as_ref().map(|change| {
                 crate::mitigation::header_note(change, self.metadata.clock.realtime_offset_ns)
             }),

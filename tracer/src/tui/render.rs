@@ -213,10 +213,15 @@ fn header_lines(screen: &Screen, state: &ViewState) -> Vec<TextLine<'static>> {
         status.probes_total,
         status.elapsed_s,
     );
-    let mitigate = match (&status.mitigation_change, status.split_lock_mitigate) {
-        (Some(change), _) => change.clone(),
-        (None, Some(value)) => format!("split_lock_mitigate {value}"),
-        (None, None) => "split_lock_mitigate n/a".into(),
+    let value = status
+        .split_lock_mitigate
+        .map_or_else(|| "n/a".to_owned(), |value| value.to_string());
+    // The last change says the sysctl's value when it was the sysctl's;
+    // after another setting's change (microcode) both are shown.
+    let mitigate = match &status.mitigation_change {
+        Some(change) if change.starts_with("split_lock_mitigate") => escape(change).into_owned(),
+        Some(change) => format!("split_lock_mitigate {value} │ {}", escape(change)),
+        None => format!("split_lock_mitigate {value}"),
     };
     let second = format!(
         "{mitigate} │ detect {} │ {} ev/s │ lost {} │ skipped {}",
