@@ -75,6 +75,17 @@ fn gzip_into(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// Builds a static binary of `package` (optionally one `bin` of it) with
 /// the stripped `release-static` profile; returns its path.
 pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf> {
+    build_static_with(package, bin, &[])
+}
+
+/// As [`build_static`], with more cargo arguments (features). The
+/// dependencies are the ones the shipped binary's build compiled, with the
+/// same profile, target and flags, so only the package itself is built.
+pub fn build_static_with(
+    package: &str,
+    bin: Option<&str>,
+    extra: &[&str],
+) -> anyhow::Result<PathBuf> {
     let root = setup::workspace_root()?;
     let mut command = cargo();
     // RUSTFLAGS or CARGO_ENCODED_RUSTFLAGS would make cargo ignore the
@@ -95,6 +106,7 @@ pub fn build_static(package: &str, bin: Option<&str>) -> anyhow::Result<PathBuf>
     if let Some(bin) = bin {
         command.args(["--bin", bin]);
     }
+    command.args(extra);
     run_command(&mut command)?;
     let binary = root.join(format!(
         "target/{STATIC_TARGET}/release-static/{}",

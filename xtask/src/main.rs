@@ -267,6 +267,14 @@ fn write_doctor_seeds(hosts: &std::path::Path, out: &std::path::Path) -> anyhow:
 }
 
 fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow::Result<()> {
+    // How long each phase took, printed at the end: CI has 30 minutes on
+    // two cores, and this is where a slow phase shows.
+    let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, phases: &mut Vec<_>| {
+        phases.push((name, clock.elapsed()));
+        clock = std::time::Instant::now();
+    };
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
         // With the test features, so the testkit and the tests that need
@@ -279,9 +287,11 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
                 .args(["--all-targets", "--", "-D", "warnings"]),
         )?;
     }
+    lap("fmt and clippy", &mut phases);
     // The static binary and the .deb, so the tests can run them in an
     // environment without any build tools.
     let outputs = dist::run()?;
+    lap("dist (static binary, .deb)", &mut phases);
     // One test at a time: the live tests each attach a tracer session and
     // run a KVM guest, as one operator would on one host.
     let mut command = cargo();
@@ -293,11 +303,13 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
         .args(TEST_FEATURES)
         .args(["--", "--test-threads=1"]);
     let outcome = run_tests_counting(command)?;
+    lap("cargo test (build and run)", &mut phases);
     let fuzz_result = if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)
     } else {
         Ok(())
     };
+    lap("fuzz (build and run)", &mut phases);
     // kprobes on real distribution kernels: this machine's kernel has none.
     let vm_result = if no_vm {
         println!("SKIP vm-test: --no-vm given");
@@ -305,6 +317,7 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     } else {
         vm_test::run(true, false)
     };
+    lap("vm-test", &mut phases);
     // The benchmark's every section, briefly: it must keep working from a
     // clean checkout (its numbers come from the full `cargo xtask bench`).
     // SAFETY: geteuid has no preconditions.
@@ -317,6 +330,12 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     } else {
         bench::run(bench::BenchOptions::QUICK)
     };
+    lap("bench --quick", &mut phases);
+    let total: std::time::Duration = phases.iter().map(|(_, took)| *took).sum();
+    for (name, took) in &phases {
+        println!("phase: {name}: {} s", took.as_secs());
+    }
+    println!("phase: total: {} s", total.as_secs());
     // The closing lines CI reads: the skipped and the failed tests by name
     // (their output is far above by now) and the totals of every test
     // binary, skipped tests counted apart from passed ones.

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tracer_events::{EventBody, KernelCounts, Record, Summary, Verdict, reader::RecordingReader};
 
 use self::observer::{ObserverKind, Stopped, TracerOptions};
-use crate::{cargo, dist, run_command, setup};
+use crate::{dist, setup};
 
 /// How the benchmark runs.
 #[derive(Clone, Copy, Debug)]
@@ -95,31 +95,19 @@ struct Programs {
     testkit: PathBuf,
 }
 
-/// Where cargo puts `tracer-testkit`, relative to the workspace root.
-const TESTKIT_PATH: &str = "target/release/tracer-testkit";
-
 /// Builds `tracer-testkit` (the `testkit` feature of the tracer package)
-/// and returns its path.
+/// and returns its path. Built like the shipped binary (static, the
+/// `release-static` profile) so it reuses that build's dependencies: a
+/// separate `--release` build compiled them all a second time, minutes on
+/// a two-core CI machine.
 fn build_testkit() -> anyhow::Result<PathBuf> {
-    let root = setup::workspace_root()?;
-    run_command(cargo().current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
+    dist::build_static_with(
         "tracer",
+        Some("tracer-testkit"),
         // The generators load no eBPF and export no Perfetto: without the
         // default features this builds neither.
-        "--no-default-features",
-        "--features",
-        "testkit",
-        "--bin",
-        "tracer-testkit",
-    ]))?;
-    let path = root.join(TESTKIT_PATH);
-    if !path.is_file() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
+        &["--no-default-features", "--features", "testkit"],
+    )
 }
 
 /// What `tracer repro --json` prints (the fields the benchmark uses).
