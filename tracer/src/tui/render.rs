@@ -400,6 +400,19 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
         .collect()
 }
 
+/// `text` wrapped to `width` columns: the first line after `first`, the
+/// rest after `rest` (a hanging indent, so a wrapped bullet stays one
+/// visible item at 80 columns).
+fn hanging(text: &str, width: usize, first: &str, rest: &str) -> Vec<TextLine<'static>> {
+    let options = textwrap::Options::new(width.max(rest.len() + 8))
+        .initial_indent(first)
+        .subsequent_indent(rest);
+    textwrap::wrap(text, options)
+        .into_iter()
+        .map(|line| TextLine::from(line.into_owned()))
+        .collect()
+}
+
 /// The detail pane's text for `row`.
 pub fn detail_text(row: &ThreadRow, screen: &Screen, width: usize) -> Vec<TextLine<'static>> {
     let bold = Style::default().add_modifier(Modifier::BOLD);
@@ -414,17 +427,18 @@ pub fn detail_text(row: &ThreadRow, screen: &Screen, width: usize) -> Vec<TextLi
         )),
     ])];
     for line in &row.evidence {
-        out.push(TextLine::from(format!("  • {}", escape(line))));
+        out.extend(hanging(&escape(line), width, "  • ", "    "));
     }
     let totals = &row.totals;
-    out.push(TextLine::from(format!(
-        "  totals: {} traps, {} interrupted / {} completed punishments, {} EINTR, {} signals",
+    let totals_text = format!(
+        "{} traps, {} interrupted / {} completed punishments, {} EINTR, {} signals",
         totals.traps.max(totals.ac_vm_exits),
         totals.interrupted_episodes,
         totals.completed_episodes,
         totals.eintr_exits,
         totals.timer_signals + totals.other_signals
-    )));
+    );
+    out.extend(hanging(&totals_text, width, "  totals: ", "          "));
     if row.verdict == Verdict::Livelock {
         out.push(TextLine::from(Span::styled("mitigations (any one)", bold)));
         let commands = [
@@ -436,8 +450,8 @@ pub fn detail_text(row: &ThreadRow, screen: &Screen, width: usize) -> Vec<TextLi
             ),
         ];
         for (mitigation, command) in LIVELOCK_MITIGATIONS.iter().zip(commands) {
-            out.push(TextLine::from(format!("  * {mitigation}")));
-            out.push(TextLine::from(format!("      {command}")));
+            out.extend(hanging(mitigation, width, "  * ", "    "));
+            out.extend(hanging(&command, width, "      ", "        "));
         }
     }
     let spark_width = width.saturating_sub(24).clamp(8, 60);
