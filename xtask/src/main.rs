@@ -271,8 +271,12 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     // two cores, and this is where a slow phase shows.
     let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
     let mut clock = std::time::Instant::now();
+    // Each phase's time is printed as it ends too, so a run cut off at
+    // CI's limit still shows where the time went.
     let mut lap = |name: &'static str, phases: &mut Vec<_>| {
-        phases.push((name, clock.elapsed()));
+        let took = clock.elapsed();
+        println!("phase: {name}: {:.1} s", took.as_secs_f64());
+        phases.push((name, took));
         clock = std::time::Instant::now();
     };
     if !no_lint {
@@ -333,9 +337,9 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
     lap("bench --quick", &mut phases);
     let total: std::time::Duration = phases.iter().map(|(_, took)| *took).sum();
     for (name, took) in &phases {
-        println!("phase: {name}: {} s", took.as_secs());
+        println!("phase: {name}: {:.1} s", took.as_secs_f64());
     }
-    println!("phase: total: {} s", total.as_secs());
+    println!("phase: total: {:.1} s", total.as_secs_f64());
     // The closing lines CI reads: the skipped and the failed tests by name
     // (their output is far above by now) and the totals of every test
     // binary, skipped tests counted apart from passed ones.

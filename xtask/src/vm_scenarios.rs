@@ -59,7 +59,7 @@ fn named_ip(
 pub fn expected(scenario: &str) -> &'static str {
     match scenario {
         "livelock-timer" => {
-            "confirmed LIVELOCK; msleep_interruptible returned ms left; SI_TIMER period ~1 ms; IP X"
+            "confirmed LIVELOCK; msleep_interruptible returned ms left; SI_TIMER period as signal_generate shows it (1 ms armed); IP X"
         }
         "livelock-tkill" => "confirmed LIVELOCK (SIGUSR1 by tgkill every 1 ms)",
         "throttled" => "THROTTLED, never LIVELOCK; sleeps complete, semaphore taken",
@@ -181,7 +181,8 @@ fn interquartile_interval_ms(times_ns: &[u64], last: usize) -> Option<f64> {
     intervals.sort_unstable();
     let quarter = intervals.len() / 4;
     let middle = &intervals[quarter..intervals.len() - quarter];
-    Some(middle.iter().sum::<u64>() as f64 / middle.len() as f64 / 1e6)
+    let sum: f64 = middle.iter().map(|&ns| ns as f64).sum();
+    Some(sum / middle.len() as f64 / 1e6)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
