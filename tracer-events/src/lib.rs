@@ -33,8 +33,9 @@ pub use loss::{
 pub use probe::{ProbeKind, ProbeReport, ProbeReportEntry, ProbeStatus, TracingMode};
 pub use reader::{ReadError, RecordingReader};
 pub use record::{
-    ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, MICROCODE_REVISION, Metadata,
-    MitigationChange, Record, SPLIT_LOCK_MITIGATE, Summary, TracerIdentity, clock_ns,
+    ClockInfo, CountedThread, EndReason, FORMAT_NAME, FORMAT_VERSION, KPROBES_ENABLED,
+    MICROCODE_REVISION, Metadata, MitigationChange, Record, SPLIT_LOCK_MITIGATE, Summary,
+    TracerIdentity, clock_ns,
 };
 pub use symbols::{ResolvedSymbol, SymbolFileInfo};
 pub use thread::{KernelCounts, KickRow, ThreadRow, ThreadTotals, Verdict, VerdictChange};

@@ -176,6 +176,11 @@ pub const SPLIT_LOCK_MITIGATE: &str = "kernel.split_lock_mitigate";
 /// "KVM internal error. Suberror: 3" on some CPUs. Shown, not classified.
 pub const MICROCODE_REVISION: &str = "microcode";
 
+/// Whether the kernel's kprobes are on (`/sys/kernel/debug/kprobes/enabled`,
+/// which root can switch off for every kprobe at once): off, the confirming
+/// probes stop firing while they stay attached. Shown, not classified.
+pub const KPROBES_ENABLED: &str = "kprobes_enabled";
+
 /// A watched host setting changed while tracing (the tracer polls them
 /// every interval): e.g. `sysctl kernel.split_lock_mitigate=0` applied
 /// during a livelock, or a late microcode load. Absent from recordings of
@@ -185,7 +190,8 @@ pub struct MitigationChange {
     /// When the tracer saw the new value (CLOCK_MONOTONIC, the interval
     /// tick that read it: the change happened during the interval before).
     pub ts_ns: u64,
-    /// Which setting ([`SPLIT_LOCK_MITIGATE`], [`MICROCODE_REVISION`]).
+    /// Which setting ([`SPLIT_LOCK_MITIGATE`], [`MICROCODE_REVISION`],
+    /// [`KPROBES_ENABLED`]).
     pub setting: String,
     /// The previous reading, which still had `from`: the change happened
     /// in (`since_ns`, `ts_ns`].

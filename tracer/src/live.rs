@@ -57,6 +57,9 @@ pub struct ViewStatus {
     /// CPU 0's microcode revision in force (`None`: not reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub microcode_revision: Option<u32>,
+    /// `/sys/kernel/debug/kprobes/enabled` in force (`None`: not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kprobes_enabled: Option<u32>,
     /// The last change of a watched setting, as the header says it
     /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

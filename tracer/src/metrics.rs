@@ -328,11 +328,20 @@ pub fn encode_metrics(
             microcode,
         );
     }
+    if let Some(value) = status.kprobes_enabled {
+        let kprobes = Gauge::<i64>::default();
+        kprobes.set(i64::from(value));
+        registry.register(
+            "kprobes_enabled",
+            "/sys/kernel/debug/kprobes/enabled as last read (0: the confirming probes are silent)",
+            kprobes,
+        );
+    }
     let changes = Counter::<u64>::default();
     changes.inc_by(status.mitigation_changes);
     registry.register(
         "mitigation_changes",
-        "Changes of kernel.split_lock_mitigate or of the microcode revision seen while tracing",
+        "Changes of the watched settings (kernel.split_lock_mitigate, microcode revision, kprobes_enabled) seen while tracing",
         changes,
     );
     let mut out = String::new();

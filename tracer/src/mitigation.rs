@@ -1,10 +1,11 @@
 //! Watching host settings while tracing: `kernel.split_lock_mitigate` (the
-//! classifier depends on it) and CPU 0's microcode revision (a late load
-//! changes it) are read every interval through the host root (a fake root
+//! classifier depends on it), CPU 0's microcode revision (a late load
+//! changes it) and the kernel's global kprobes switch (off, the confirming
+//! probes go quiet while still attached) are read every interval through the host root (a fake root
 //! in tests), and a change becomes a [`MitigationChange`] for the model,
 //! the header, the recording and the metrics.
 
-use tracer_events::{MICROCODE_REVISION, MitigationChange, SPLIT_LOCK_MITIGATE};
+use tracer_events::{KPROBES_ENABLED, MICROCODE_REVISION, MitigationChange, SPLIT_LOCK_MITIGATE};
 
 use crate::kernel::host::HostRoot;
 
@@ -12,9 +13,10 @@ use crate::kernel::host::HostRoot;
 type ReadSetting = fn(&HostRoot) -> Option<u32>;
 
 /// The settings watched, each with its reader.
-const WATCHED: [(&str, ReadSetting); 2] = [
+const WATCHED: [(&str, ReadSetting); 3] = [
     (SPLIT_LOCK_MITIGATE, HostRoot::split_lock_mitigate),
     (MICROCODE_REVISION, HostRoot::microcode_revision),
+    (KPROBES_ENABLED, HostRoot::kprobes_enabled),
 ];
 
 /// Polls the watched settings under a host root.
@@ -141,5 +143,21 @@ mod tests {
         assert_eq!(changes[0].describe(), "microcode 0x24000023 → 0x24000024");
         assert_eq!(watch.value(), Some(1));
         assert_eq!(watch.value_of(MICROCODE_REVISION), Some(0x2400_0024));
+    }
+
+    /// `echo 0 > /sys/kernel/debug/kprobes/enabled` while tracing.
+    #[test]
+    fn kprobes_switched_off_is_seen() {
+        let root = tempfile::tempdir().unwrap();
+        let debugfs = root.path().join("sys/kernel/debug/kprobes");
+        std::fs::create_dir_all(&debugfs).unwrap();
+        std::fs::write(debugfs.join("enabled"), "1\n").unwrap();
+        let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
+        assert_eq!(watch.value_of(KPROBES_ENABLED), Some(1));
+        std::fs::write(debugfs.join("enabled"), "0\n").unwrap();
+        let changes = watch.poll(200);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].describe(), "kprobes_enabled 1 → 0");
+        assert_eq!(watch.value(), None);
     }
 }

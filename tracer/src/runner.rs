@@ -300,6 +300,7 @@ impl Runner {
             elapsed_s: started.elapsed().as_secs_f64(),
             split_lock_mitigate: self.mitigation.value(),
             microcode_revision: self.mitigation.value_of(tracer_events::MICROCODE_REVISION),
+            kprobes_enabled: self.mitigation.value_of(tracer_events::KPROBES_ENABLED),
             mitigation_change: self.mitigation_note.clone(),
             mitigation_changes: self.mitigation_changes,
         };

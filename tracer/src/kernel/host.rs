@@ -185,6 +185,14 @@ impl HostRoot {
         u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
     }
 
+    /// `/sys/kernel/debug/kprobes/enabled` (1 or 0), where debugfs is mounted.
+    pub fn kprobes_enabled(&self) -> Option<u32> {
+        self.read_trimmed("/sys/kernel/debug/kprobes/enabled")
+            .ok()?
+            .parse()
+            .ok()
+    }
+
     /// Kernel release (`/proc/sys/kernel/osrelease`).
     pub fn kernel_release(&self) -> Option<String> {
         self.read_trimmed("/proc/sys/kernel/osrelease").ok()

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use tracer_events::{
-    Event, LossCounts, LostCause, LostRecord, MICROCODE_REVISION, Metadata, MitigationChange,
-    Record, SPLIT_LOCK_MITIGATE, Summary, ThreadRow, Verdict, VerdictChange, apply_loss,
+    Event, KPROBES_ENABLED, LossCounts, LostCause, LostRecord, MICROCODE_REVISION, Metadata,
+    MitigationChange, Record, SPLIT_LOCK_MITIGATE, Summary, ThreadRow, Verdict, VerdictChange,
+    apply_loss,
 };
 
 use crate::{
@@ -60,6 +61,9 @@ pub struct Replay {
     split_lock_mitigate: Option<u32>,
     /// CPU 0's microcode revision in force, likewise.
     microcode_revision: Option<u32>,
+    /// The kprobes switch in force: unknown at start (the metadata does not
+    /// hold it), then each change's.
+    kprobes_enabled: Option<u32>,
     /// Lost records summed by cause and detail.
     pub lost: BTreeMap<(LostCause, Option<String>), u64>,
     /// The summary record, if the recording has one.
@@ -134,6 +138,7 @@ impl Replay {
             model,
             split_lock_mitigate,
             microcode_revision,
+            kprobes_enabled: None,
             next_tick: NextTick::NotStarted,
             changes: Vec::new(),
             mitigations: Vec::new(),
@@ -168,6 +173,7 @@ impl Replay {
                 match change.setting.as_str() {
                     SPLIT_LOCK_MITIGATE => self.split_lock_mitigate = change.to,
                     MICROCODE_REVISION => self.microcode_revision = change.to,
+                    KPROBES_ENABLED => self.kprobes_enabled = change.to,
                     _ => {}
                 }
                 self.last_mitigation = Some(change.clone());
@@ -330,6 +336,7 @@ impl Replay {
             elapsed_s: elapsed_ns as f64 / 1e9,
             split_lock_mitigate: self.split_lock_mitigate,
             microcode_revision: self.microcode_revision,
+            kprobes_enabled: self.kprobes_enabled,
             mitigation_change: self.last_mitigation.as_ref().map(|change| {
                 crate::mitigation::header_note(change, self.metadata.clock.realtime_offset_ns)
             }),

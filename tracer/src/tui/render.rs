@@ -219,7 +219,7 @@ fn header_lines(screen: &Screen, state: &ViewState) -> Vec<TextLine<'static>> {
     // The last change says the sysctl's value when it was the sysctl's;
     // after another setting's change (microcode) both are shown.
     let mitigate = match &status.mitigation_change {
-        Some(change) if change.starts_with("split_lock_mitigate") => escape(change).into_owned(),
+        Some(change) if change.starts_with("split_lock_mitigate ") => escape(change).into_owned(),
         Some(change) => format!("split_lock_mitigate {value} │ {}", escape(change)),
         None => format!("split_lock_mitigate {value}"),
     };
@@ -236,6 +236,11 @@ fn header_lines(screen: &Screen, state: &ViewState) -> Vec<TextLine<'static>> {
     }
     if !state.filter.is_empty() && !state.editing_filter {
         third.push(format!("filter: {}", state.filter));
+    }
+    if status.kprobes_enabled == Some(0) {
+        // Stays up whatever changed after: with kprobes off the confirming
+        // probes are attached but silent.
+        third.push("kprobes OFF (/sys/kernel/debug/kprobes/enabled): nothing confirmed".to_owned());
     }
     if !status.signals_to_other_threads.is_zero() {
         third.push(format!(
@@ -404,9 +409,12 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
 /// rest after `rest` (a hanging indent, so a wrapped bullet stays one
 /// visible item at 80 columns).
 fn hanging(text: &str, width: usize, first: &str, rest: &str) -> Vec<TextLine<'static>> {
+    // No hyphenation: a command or a `-cpu` model must not break inside
+    // a hyphenated word, where a copied line would no longer run.
     let options = textwrap::Options::new(width.max(rest.len() + 8))
         .initial_indent(first)
-        .subsequent_indent(rest);
+        .subsequent_indent(rest)
+        .word_splitter(textwrap::WordSplitter::NoHyphenation);
     textwrap::wrap(text, options)
         .into_iter()
         .map(|line| TextLine::from(line.into_owned()))
