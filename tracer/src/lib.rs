@@ -9,6 +9,7 @@ pub mod commands;
 pub mod doctor;
 pub mod ebpf_log;
 pub mod events;
+pub mod heap;
 pub mod kernel;
 pub mod live;
 pub mod metrics;

@@ -4,6 +4,7 @@ use clap::Parser as _;
 use tracer::cli::Cli;
 
 fn main() {
+    tracer::heap::return_large_blocks_to_the_kernel();
     let cli = Cli::parse();
     // No subcommand is `tracer live` with its defaults (clap's, not a copy).
     let command = match cli.command {
