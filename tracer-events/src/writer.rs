@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::BytesMut;
 use thiserror::Error;
 
 use crate::{
@@ -199,6 +199,10 @@ struct LineFile {
     /// The lines gathered since the last flush: one buffer, reused, frozen
     /// into one [`bytes::Bytes`] per write.
     pending: BytesMut,
+    /// One line being serialised: serde_json writes a record in dozens of
+    /// small pieces, which a `Vec` takes for less than `BytesMut`'s
+    /// `Writer`; the whole line then goes into `pending` in one copy.
+    line: Vec<u8>,
     pending_lines: u64,
     pending_events: u64,
     committed_bytes: u64,
@@ -216,6 +220,7 @@ impl LineFile {
         Self {
             file,
             pending: BytesMut::with_capacity(WRITE_CHUNK * 2),
+            line: Vec::with_capacity(1024),
             pending_lines: 0,
             pending_events: 0,
             committed_bytes: 0,
@@ -236,8 +241,14 @@ impl LineFile {
             return false;
         }
         // Serialising our own types cannot fail.
-        serde_json::to_writer((&mut self.pending).writer(), record).expect("record serialises");
-        self.pending.put_u8(b'\n');
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record).expect("record serialises");
+        self.line.push(b'\n');
+        self.pending.extend_from_slice(&self.line);
+        // The metadata line can be large; an event line never is.
+        if self.line.capacity() > WRITE_CHUNK {
+            self.line = Vec::with_capacity(1024);
+        }
         self.pending_lines += 1;
         self.pending_events += u64::from(is_event);
         if self.pending.len() >= WRITE_CHUNK {
