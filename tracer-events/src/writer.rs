@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, BytesMut};
 use thiserror::Error;
 
 use crate::{
@@ -199,9 +199,10 @@ struct LineFile {
     /// The lines gathered since the last flush: one buffer, reused, frozen
     /// into one [`bytes::Bytes`] per write.
     pending: BytesMut,
-    /// One line being serialised: serde_json writes a record in dozens of
-    /// small pieces, which a `Vec` takes for less than `BytesMut`'s
-    /// `Writer`; the whole line then goes into `pending` in one copy.
+    /// One event line being serialised: serde_json writes a record in
+    /// dozens of small pieces, which a `Vec` takes for less than
+    /// `BytesMut`'s `Writer`; the whole line then goes into `pending` in
+    /// one copy. (An event line is a few hundred bytes.)
     line: Vec<u8>,
     pending_lines: u64,
     pending_events: u64,
@@ -241,13 +242,16 @@ impl LineFile {
             return false;
         }
         // Serialising our own types cannot fail.
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, record).expect("record serialises");
-        self.line.push(b'\n');
-        self.pending.extend_from_slice(&self.line);
-        // The metadata line can be large; an event line never is.
-        if self.line.capacity() > WRITE_CHUNK {
-            self.line = Vec::with_capacity(1024);
+        if is_event {
+            self.line.clear();
+            serde_json::to_writer(&mut self.line, record).expect("record serialises");
+            self.line.push(b'\n');
+            self.pending.extend_from_slice(&self.line);
+        } else {
+            // Metadata and summary lines can be megabytes (a summary lists
+            // every counted thread): written in place, not held twice.
+            serde_json::to_writer((&mut self.pending).writer(), record).expect("record serialises");
+            self.pending.extend_from_slice(b"\n");
         }
         self.pending_lines += 1;
         self.pending_events += u64::from(is_event);

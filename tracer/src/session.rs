@@ -51,8 +51,8 @@ pub struct SessionOptions {
     pub ebpf_log: Option<log::Level>,
 }
 
-/// Starting size of the raw batch one drain copies (it grows to the
-/// largest drain and stays there).
+/// How much of the ring one batch copies before decoding it: the batch's
+/// whole memory (plus one record), whatever the ring's size.
 const RAW_BATCH_BYTES: usize = 256 * 1024;
 
 /// A running tracing session.
@@ -71,11 +71,10 @@ pub struct TraceSession {
     pub ring_bytes: u32,
     /// Undecodable-record counts (kernel drops are read from the map).
     undecodable: LossCounts,
-    /// One drain's raw records, each behind its length: the ring is
-    /// emptied at copy speed (each record's space goes back to the kernel
-    /// as soon as it is copied), and decoded from here afterwards. Reused
-    /// from drain to drain: no allocation per event or per drain once it
-    /// has grown to the largest drain.
+    /// Raw records of a drain, each behind its length, up to
+    /// [`RAW_BATCH_BYTES`]: the ring is emptied at copy speed (each
+    /// record's space goes back to the kernel as soon as it is copied) and
+    /// decoded from here. Reused: no allocation per event or per drain.
     raw: BytesMut,
     /// The kernel's own count of timer signals.
     timer_signal_counters: TimerSignalCounters,
@@ -301,7 +300,8 @@ impl TraceSession {
                 .ring_bytes
                 .unwrap_or(tracer_common::DEFAULT_RING_BYTES),
             undecodable: LossCounts::default(),
-            raw: BytesMut::with_capacity(RAW_BATCH_BYTES),
+            // One record past the limit fits without growing.
+            raw: BytesMut::with_capacity(RAW_BATCH_BYTES + 4096),
             timer_signal_counters,
             ebpf_log,
         })
@@ -359,24 +359,32 @@ impl TraceSession {
     }
 
     /// Appends every event currently in the ring to `out` without waiting:
-    /// copies the ring's records into one batch first, then decodes it.
+    /// copies the ring's records into the batch, up to [`RAW_BATCH_BYTES`]
+    /// at a time (so the batch stays that small whatever the ring's size),
+    /// and decodes each batch.
     pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
         let before = out.len();
-        let ring = self.ring.get_mut();
-        self.raw.clear();
-        while let Some(item) = ring.next() {
-            self.raw.put_u32_ne(item.len() as u32);
-            self.raw.extend_from_slice(&item);
-        }
-        let mut batch = &self.raw[..];
-        while batch.remaining() >= 4 {
-            let len = (batch.get_u32_ne() as usize).min(batch.len());
-            let (record, rest) = batch.split_at(len);
-            match decode(record) {
-                Ok(event) => out.push(event),
-                Err(error) => self.undecodable.count_undecodable(&error),
+        loop {
+            let ring = self.ring.get_mut();
+            self.raw.clear();
+            while self.raw.len() < RAW_BATCH_BYTES {
+                let Some(item) = ring.next() else { break };
+                self.raw.put_u32_ne(item.len() as u32);
+                self.raw.extend_from_slice(&item);
             }
-            batch = rest;
+            if self.raw.is_empty() {
+                break;
+            }
+            let mut batch = &self.raw[..];
+            while batch.remaining() >= 4 {
+                let len = (batch.get_u32_ne() as usize).min(batch.len());
+                let (record, rest) = batch.split_at(len);
+                match decode(record) {
+                    Ok(event) => out.push(event),
+                    Err(error) => self.undecodable.count_undecodable(&error),
+                }
+                batch = rest;
+            }
         }
         out.len() - before
     }
