@@ -310,32 +310,29 @@ pub fn encode_metrics(
         "1 in full mode (kprobes: confirmed verdicts), 0 in tracepoint-only mode",
         full,
     );
-    if let Some(value) = status.split_lock_mitigate {
-        let mitigate = Gauge::<i64>::default();
-        mitigate.set(i64::from(value));
-        registry.register(
+    // The watched host settings: a series only where the host has the file.
+    for (name, help, value) in [
+        (
             "split_lock_mitigate",
             "kernel.split_lock_mitigate as last read (polled every interval)",
-            mitigate,
-        );
-    }
-    if let Some(value) = status.microcode_revision {
-        let microcode = Gauge::<i64>::default();
-        microcode.set(i64::from(value));
-        registry.register(
+            status.split_lock_mitigate,
+        ),
+        (
             "microcode_revision",
             "CPU 0's microcode revision as last read (polled every interval)",
-            microcode,
-        );
-    }
-    if let Some(value) = status.kprobes_enabled {
-        let kprobes = Gauge::<i64>::default();
-        kprobes.set(i64::from(value));
-        registry.register(
+            status.microcode_revision,
+        ),
+        (
             "kprobes_enabled",
             "/sys/kernel/debug/kprobes/enabled as last read (0: the confirming probes are silent)",
-            kprobes,
-        );
+            status.kprobes_enabled,
+        ),
+    ] {
+        if let Some(value) = value {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::from(value));
+            registry.register(name, help, gauge);
+        }
     }
     let changes = Counter::<u64>::default();
     changes.inc_by(status.mitigation_changes);
@@ -449,11 +446,19 @@ mod tests {
             before.contains("split_lock_tracer_mitigation_changes_total 0\n"),
             "{before}"
         );
-        assert!(!before.contains("microcode_revision"), "{before}");
+        assert!(
+            !before.contains("split_lock_tracer_microcode_revision"),
+            "{before}"
+        );
+        assert!(
+            !before.contains("split_lock_tracer_kprobes_enabled"),
+            "{before}"
+        );
         let after = encode(&ViewStatus {
             split_lock_mitigate: Some(0),
             microcode_revision: Some(0x2400_0024),
-            mitigation_changes: 2,
+            kprobes_enabled: Some(0),
+            mitigation_changes: 3,
             ..ViewStatus::default()
         });
         assert!(
@@ -468,7 +473,11 @@ mod tests {
             "{after}"
         );
         assert!(
-            after.contains("split_lock_tracer_mitigation_changes_total 2\n"),
+            after.contains("split_lock_tracer_kprobes_enabled 0\n"),
+            "{after}"
+        );
+        assert!(
+            after.contains("split_lock_tracer_mitigation_changes_total 3\n"),
             "{after}"
         );
         // A kernel without the sysctl: no series rather than a made-up value.

@@ -101,17 +101,34 @@ pub fn header_note(change: &MitigationChange, realtime_offset_ns: i64) -> String
 mod tests {
     use super::*;
 
+    /// A fake host root holding `files` (absolute path, content).
+    fn fake_root(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            write(&root, path, text);
+        }
+        root
+    }
+
+    /// Writes one file under the fake root (a value changed by the host).
+    fn write(root: &tempfile::TempDir, path: &str, text: &str) {
+        let path = root.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    const SYSCTL: &str = "/proc/sys/kernel/split_lock_mitigate";
+    const MICROCODE: &str = "/sys/devices/system/cpu/cpu0/microcode/version";
+    const KPROBES: &str = "/sys/kernel/debug/kprobes/enabled";
+
     #[test]
     fn a_change_under_a_fake_root_is_seen_once() {
-        let root = tempfile::tempdir().unwrap();
-        let sysctl = root.path().join("proc/sys/kernel");
-        std::fs::create_dir_all(&sysctl).unwrap();
-        std::fs::write(sysctl.join("split_lock_mitigate"), "1\n").unwrap();
+        let root = fake_root(&[(SYSCTL, "1\n")]);
         let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
         assert_eq!(watch.value(), Some(1));
         assert_eq!(watch.value_of(MICROCODE_REVISION), None);
         assert_eq!(watch.poll(200), []);
-        std::fs::write(sysctl.join("split_lock_mitigate"), "0\n").unwrap();
+        write(&root, SYSCTL, "0\n");
         let changes = watch.poll(300);
         assert_eq!(changes.len(), 1, "{changes:?}");
         let change = &changes[0];
@@ -119,7 +136,7 @@ mod tests {
         assert_eq!((change.from, change.to), (Some(1), Some(0)));
         assert_eq!(change.describe(), "split_lock_mitigate 1 → 0");
         assert_eq!(watch.poll(400), []);
-        std::fs::remove_file(sysctl.join("split_lock_mitigate")).unwrap();
+        std::fs::remove_file(root.path().join(SYSCTL.trim_start_matches('/'))).unwrap();
         assert_eq!(watch.poll(500)[0].to, None);
     }
 
@@ -127,16 +144,10 @@ mod tests {
     /// changes the revision sysfs reports; the sysctl is untouched.
     #[test]
     fn a_late_microcode_load_is_a_change_of_its_own() {
-        let root = tempfile::tempdir().unwrap();
-        let sysctl = root.path().join("proc/sys/kernel");
-        let microcode = root.path().join("sys/devices/system/cpu/cpu0/microcode");
-        std::fs::create_dir_all(&sysctl).unwrap();
-        std::fs::create_dir_all(&microcode).unwrap();
-        std::fs::write(sysctl.join("split_lock_mitigate"), "1\n").unwrap();
-        std::fs::write(microcode.join("version"), "0x24000023\n").unwrap();
+        let root = fake_root(&[(SYSCTL, "1\n"), (MICROCODE, "0x24000023\n")]);
         let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
         assert_eq!(watch.value_of(MICROCODE_REVISION), Some(0x2400_0023));
-        std::fs::write(microcode.join("version"), "0x24000024\n").unwrap();
+        write(&root, MICROCODE, "0x24000024\n");
         let changes = watch.poll(200);
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].setting, MICROCODE_REVISION);
@@ -148,13 +159,10 @@ mod tests {
     /// `echo 0 > /sys/kernel/debug/kprobes/enabled` while tracing.
     #[test]
     fn kprobes_switched_off_is_seen() {
-        let root = tempfile::tempdir().unwrap();
-        let debugfs = root.path().join("sys/kernel/debug/kprobes");
-        std::fs::create_dir_all(&debugfs).unwrap();
-        std::fs::write(debugfs.join("enabled"), "1\n").unwrap();
+        let root = fake_root(&[(KPROBES, "1\n")]);
         let mut watch = MitigationWatch::new(HostRoot::new(root.path()), 100);
         assert_eq!(watch.value_of(KPROBES_ENABLED), Some(1));
-        std::fs::write(debugfs.join("enabled"), "0\n").unwrap();
+        write(&root, KPROBES, "0\n");
         let changes = watch.poll(200);
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].describe(), "kprobes_enabled 1 → 0");

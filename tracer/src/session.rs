@@ -55,6 +55,25 @@ pub struct SessionOptions {
 /// whole memory (plus one record), whatever the ring's size.
 const RAW_BATCH_BYTES: usize = 256 * 1024;
 
+/// Appends one ring record to a drain's batch, behind its length.
+fn push_record(batch: &mut BytesMut, record: &[u8]) {
+    batch.put_u32_ne(record.len() as u32);
+    batch.extend_from_slice(record);
+}
+
+/// The records [`push_record`] put in `batch`, in order.
+fn batch_records(mut batch: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if batch.remaining() < 4 {
+            return None;
+        }
+        let len = (batch.get_u32_ne() as usize).min(batch.len());
+        let (record, rest) = batch.split_at(len);
+        batch = rest;
+        Some(record)
+    })
+}
+
 /// A running tracing session.
 pub struct TraceSession {
     ebpf: Ebpf,
@@ -369,21 +388,16 @@ impl TraceSession {
             self.raw.clear();
             while self.raw.len() < RAW_BATCH_BYTES {
                 let Some(item) = ring.next() else { break };
-                self.raw.put_u32_ne(item.len() as u32);
-                self.raw.extend_from_slice(&item);
+                push_record(&mut self.raw, &item);
             }
             if self.raw.is_empty() {
                 break;
             }
-            let mut batch = &self.raw[..];
-            while batch.remaining() >= 4 {
-                let len = (batch.get_u32_ne() as usize).min(batch.len());
-                let (record, rest) = batch.split_at(len);
+            for record in batch_records(&self.raw) {
                 match decode(record) {
                     Ok(event) => out.push(event),
                     Err(error) => self.undecodable.count_undecodable(&error),
                 }
-                batch = rest;
             }
         }
         out.len() - before
@@ -532,4 +546,31 @@ fn start_ebpf_logger(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch gives back exactly the records put in, lengths and bytes,
+    /// an empty one and one of the ring's largest sizes among them.
+    #[test]
+    fn a_batch_returns_every_record_as_it_was_copied() {
+        let records: Vec<Vec<u8>> = vec![
+            (0..40).collect(),
+            Vec::new(),
+            vec![0xab; 4096],
+            (0..=255).cycle().take(1001).collect(),
+        ];
+        let mut batch = BytesMut::new();
+        for record in &records {
+            push_record(&mut batch, record);
+        }
+        let back: Vec<&[u8]> = batch_records(&batch).collect();
+        assert_eq!(back.len(), records.len());
+        for (got, want) in back.iter().zip(&records) {
+            assert_eq!(*got, want.as_slice());
+        }
+        assert_eq!(batch_records(&[]).count(), 0);
+    }
 }

@@ -337,6 +337,17 @@ fn a_full_disk_keeps_every_complete_line_and_counts_the_rest() {
     assert!(replayed.warnings.iter().all(|w| !w.contains("incomplete")));
 }
 
+/// `tracer report --format FORMAT FILE`'s standard output; it must succeed.
+fn report_stdout(file: &Path, format: &str) -> String {
+    let output = Command::new(TRACER)
+        .args(["report", "--format", format])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 fn report_exit(args: &[&str], file: &Path) -> (i32, String) {
     let out = Command::new(TRACER)
         .arg("report")
@@ -753,15 +764,7 @@ fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
         "{record}"
     );
 
-    let report = |format: &str| {
-        let output = Command::new(TRACER)
-            .args(["report", "--format", format])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let report = |format: &str| report_stdout(&path, format);
     let table = report("table");
     assert!(table.contains("mitigation changes"), "{table}");
     assert!(table.contains("split_lock_mitigate 1 → 0"), "{table}");
@@ -837,18 +840,9 @@ fn a_mitigation_applied_mid_run_is_recorded_and_the_livelock_recovers() {
             kept.push('\n');
         }
         std::fs::write(&variant, kept).unwrap();
-        let run = |format: &str| {
-            let output = Command::new(TRACER)
-                .args(["report", "--format", format])
-                .arg(&variant)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8(output.stdout).unwrap();
-            assert!(output.status.success(), "{stdout}");
-            stdout
-        };
-        let table = run("table");
-        let json: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+        let table = report_stdout(&variant, "table");
+        let json: serde_json::Value =
+            serde_json::from_str(&report_stdout(&variant, "json")).unwrap();
         (table, json["verdict_changes"].clone())
     };
     let is_mitigation = |line: &str| line.contains(r#""type":"mitigation""#);
@@ -1008,15 +1002,7 @@ fn report_of_a_recording_that_ends_quiet_tells_the_whole_story() {
     }
 
     // The command's table and JSON.
-    let report = |format: &str| {
-        let output = Command::new(TRACER)
-            .args(["report", "--format", format])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let report = |format: &str| report_stdout(&path, format);
     let table = report("table");
     let json: serde_json::Value = serde_json::from_str(&report("json")).unwrap();
     let stories = json["thread_stories"].as_array().unwrap();
