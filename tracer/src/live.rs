@@ -13,6 +13,15 @@ use tracer_events::{
 
 use crate::model::LIVELOCK_MITIGATIONS;
 
+/// The last change of a watched setting, as the header shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MitigationNote {
+    /// Which setting changed (`tracer_events::SPLIT_LOCK_MITIGATE`, ...).
+    pub setting: String,
+    /// What the header says: `split_lock_mitigate 1 → 0 at 12:03:04`.
+    pub text: String,
+}
+
 /// What the header shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ViewStatus {
@@ -60,10 +69,9 @@ pub struct ViewStatus {
     /// `/sys/kernel/debug/kprobes/enabled` in force (`None`: not readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kprobes_enabled: Option<u32>,
-    /// The last change of a watched setting, as the header says it
-    /// (`split_lock_mitigate 1 → 0 at 12:03:04`).
+    /// The last change of a watched setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mitigation_change: Option<String>,
+    pub mitigation_change: Option<MitigationNote>,
     /// Changes of the watched settings seen so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mitigation_changes: u64,

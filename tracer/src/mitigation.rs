@@ -7,7 +7,7 @@
 
 use tracer_events::{KPROBES_ENABLED, MICROCODE_REVISION, MitigationChange, SPLIT_LOCK_MITIGATE};
 
-use crate::kernel::host::HostRoot;
+use crate::{kernel::host::HostRoot, live::MitigationNote};
 
 /// Reads one watched setting under a host root (`None`: absent or unreadable).
 type ReadSetting = fn(&HostRoot) -> Option<u32>;
@@ -89,12 +89,15 @@ pub fn wall_clock(unix_ns: i64) -> String {
 
 /// The header's note: `split_lock_mitigate 1 → 0 at 12:03:04`, with the
 /// recording's CLOCK_REALTIME − CLOCK_MONOTONIC offset.
-pub fn header_note(change: &MitigationChange, realtime_offset_ns: i64) -> String {
-    format!(
-        "{} at {}",
-        change.describe(),
-        wall_clock((change.ts_ns as i64).saturating_add(realtime_offset_ns))
-    )
+pub fn header_note(change: &MitigationChange, realtime_offset_ns: i64) -> MitigationNote {
+    MitigationNote {
+        setting: change.setting.clone(),
+        text: format!(
+            "{} at {}",
+            change.describe(),
+            wall_clock((change.ts_ns as i64).saturating_add(realtime_offset_ns))
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use tracer_events::{
 
 use crate::{
     cli::TraceArgs,
-    kernel::host::{self, HostRoot},
-    live::ViewStatus,
+    kernel::host::HostRoot,
+    live::{MitigationNote, ViewStatus},
     mitigation::{MitigationWatch, header_note},
     model::Model,
     probes::plan,
@@ -107,8 +107,7 @@ pub struct Runner {
     sinks: Vec<Box<dyn Sink>>,
     quit: Option<tokio::sync::mpsc::Receiver<()>>,
     mitigation: MitigationWatch,
-    kernel_release: Option<String>,
-    mitigation_note: Option<String>,
+    mitigation_note: Option<MitigationNote>,
     mitigation_changes: u64,
     realtime_offset_ns: i64,
     symbolizer: Symbolizer,
@@ -152,9 +151,8 @@ impl Runner {
             .collect();
         session.track_threads(&vcpus)?;
         let mut model = Model::new();
-        model.set_misery_possible(host.misery_possible());
+        model.set_host(host.kernel_release().as_deref(), host.split_lock_mitigate());
         let mitigation = MitigationWatch::new(host.clone(), monotonic_now_ns());
-        let kernel_release = host.kernel_release();
         let realtime_offset_ns = tracer_events::ClockInfo::now().realtime_offset_ns;
         let mut symbolizer = Symbolizer::new(symbols);
         symbolizer.set_vms(&host.vm_threads());
@@ -168,7 +166,6 @@ impl Runner {
             sinks: Vec::new(),
             quit: None,
             mitigation,
-            kernel_release,
             mitigation_note: None,
             mitigation_changes: 0,
             realtime_offset_ns,
@@ -338,10 +335,7 @@ impl Runner {
         self.model.expire(now_ns, |tid| host.thread_gone(tid));
         let mitigations = self.mitigation.poll(now_ns);
         for change in &mitigations {
-            self.model.mitigation_changed(
-                change,
-                host::misery_possible(change.to, self.kernel_release.as_deref()),
-            );
+            self.model.mitigation_changed(change);
             self.mitigation_note = Some(header_note(change, self.realtime_offset_ns));
             self.mitigation_changes += 1;
         }

@@ -13,11 +13,8 @@ use tracer_events::{CpuInfo, ProbeKind, TracingMode};
 
 use self::logs::{LogPattern, LogScan};
 use crate::{
-    kernel::{
-        bounded,
-        host::{DETECTION_SINCE, HostRoot, MISERY_SINCE, parse_release},
-        kallsyms::Kallsyms,
-    },
+    kernel::{bounded, host::HostRoot, kallsyms::Kallsyms},
+    model::punish::{DETECTION_SINCE, MISERY_SINCE, parse_release},
     probes::plan,
 };
 

@@ -198,13 +198,6 @@ impl HostRoot {
         self.read_trimmed("/proc/sys/kernel/osrelease").ok()
     }
 
-    /// Whether the host's split-lock handling can punish with an
-    /// interruptible sleep: `Some(false)` when the sysctl says 0 or the
-    /// kernel predates the misery mode (5.19), `None` when unknown.
-    pub fn misery_possible(&self) -> Option<bool> {
-        misery_possible(self.split_lock_mitigate(), self.kernel_release().as_deref())
-    }
-
     /// Identity of a QEMU (or other VMM) process from its command line.
     pub fn process_info(&self, pid: u32) -> ProcessInfo {
         let comm = self.read_trimmed(&format!("/proc/{pid}/comm")).ok();
@@ -328,33 +321,6 @@ impl HostRoot {
     }
 }
 
-/// The first release whose split-lock handling punishes with the
-/// interruptible sleep and semaphore (the misery mode, b041b525dab9;
-/// kernel.md §1.1).
-pub const MISERY_SINCE: (u32, u32) = (5, 19);
-/// The first release with split-lock detection at all (kernel.md §1.1).
-pub const DETECTION_SINCE: (u32, u32) = (5, 7);
-
-/// Whether split-lock handling can punish with an interruptible sleep,
-/// from `kernel.split_lock_mitigate` and the kernel release: the sysctl
-/// decides where it exists; otherwise 5.19 and later always punish (the
-/// misery mode, kernel.md §1.1) and older kernels never do.
-pub fn misery_possible(split_lock_mitigate: Option<u32>, release: Option<&str>) -> Option<bool> {
-    if let Some(value) = split_lock_mitigate {
-        return Some(value != 0);
-    }
-    let (major, minor) = parse_release(release?)?;
-    Some((major, minor) >= MISERY_SINCE)
-}
-
-/// `(major, minor)` of a release string like `6.8.12-4-pve`.
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 /// Extracts `-name` and `-id` (Proxmox VMID) from a QEMU command line.
 pub fn qemu_identity(args: &[String]) -> ProcessInfo {
     let mut info = ProcessInfo::default();
@@ -415,12 +381,5 @@ mod tests {
             qemu_identity(&args("firecracker --api-sock x")),
             ProcessInfo::default()
         );
-    }
-
-    #[test]
-    fn releases() {
-        assert_eq!(parse_release("6.8.12-4-pve"), Some((6, 8)));
-        assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
-        assert_eq!(parse_release("garbage"), None);
     }
 }

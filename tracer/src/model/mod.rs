@@ -26,6 +26,7 @@
 pub mod advice;
 mod classify;
 pub mod kicks;
+pub mod punish;
 pub mod rate;
 mod rows;
 
@@ -650,7 +651,12 @@ pub struct Model {
     processes: BTreeMap<u32, ProcessInfo>,
     events: u64,
     latest_ns: u64,
+    /// Whether the host can punish with the interruptible sleep
+    /// ([`punish::misery_possible`]; `None` = unknown, treated as possible).
     misery: Option<bool>,
+    /// The host's kernel release, which decides `misery` where the sysctl
+    /// is absent.
+    kernel_release: Option<String>,
     /// The verdict last reported per thread, for [`Model::verdict_changes`]
     /// and [`Model::verdict_change_of`].
     reported: HashMap<u32, (Verdict, bool)>,
@@ -692,15 +698,11 @@ impl Model {
     }
 
     /// A watched setting changed. For `kernel.split_lock_mitigate` the
-    /// classifier uses `misery` from now on (as
-    /// [`Model::set_misery_possible`]), and the threads livelocked when it
-    /// happened are watched for their recovery; other settings (the
-    /// microcode revision) do not change a verdict.
-    pub fn mitigation_changed(
-        &mut self,
-        change: &tracer_events::MitigationChange,
-        misery: Option<bool>,
-    ) {
+    /// classifier judges from now on by the new value (as
+    /// [`Model::set_host`]), and the threads livelocked when it happened
+    /// are watched for their recovery; other settings (the microcode
+    /// revision, the kprobes switch) do not change a verdict.
+    pub fn mitigation_changed(&mut self, change: &tracer_events::MitigationChange) {
         if change.setting != tracer_events::SPLIT_LOCK_MITIGATE {
             return;
         }
@@ -708,13 +710,15 @@ impl Model {
         for thread in self.threads.values_mut() {
             thread.mitigation_changed(change.since_ns, change.ts_ns, &text);
         }
-        self.misery = misery;
+        self.misery = punish::misery_possible(change.to, self.kernel_release.as_deref());
     }
 
-    /// Records whether the host punishes split locks with the interruptible
-    /// sleep (`None` = unknown, treated as possible).
-    pub fn set_misery_possible(&mut self, misery: Option<bool>) {
-        self.misery = misery;
+    /// The host the events come from: its kernel release and
+    /// `kernel.split_lock_mitigate` (`None`: absent or unreadable) decide
+    /// whether it punishes split locks with the interruptible sleep.
+    pub fn set_host(&mut self, kernel_release: Option<&str>, split_lock_mitigate: Option<u32>) {
+        self.kernel_release = kernel_release.map(str::to_owned);
+        self.misery = punish::misery_possible(split_lock_mitigate, kernel_release);
     }
 
     /// Sets what is known about a process.

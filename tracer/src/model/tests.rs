@@ -401,7 +401,7 @@ fn no_inferred_livelock_when_the_host_does_not_punish() {
     let run = simulate::run(&scenario);
     assert!(run.guest_iterations > 0);
     let mut model = replay(&run.events);
-    model.set_misery_possible(Some(false));
+    model.set_host(None, Some(0));
     let now = model.latest_ns();
     let row = row_at(&mut model, now);
     assert_eq!(row.verdict, Verdict::Throttled, "{row:#?}");

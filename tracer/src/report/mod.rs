@@ -18,7 +18,6 @@ use tracer_events::{
 };
 
 use crate::{
-    kernel::host,
     live::ViewStatus,
     model::{MAX_THREADS, Model},
     probes::plan,
@@ -119,10 +118,10 @@ impl Replay {
     /// A replay of a recording with `metadata`.
     pub fn new(metadata: Metadata) -> Self {
         let mut model = Model::new();
-        model.set_misery_possible(host::misery_possible(
-            metadata.host.split_lock_mitigate,
+        model.set_host(
             metadata.host.kernel_release.as_deref(),
-        ));
+            metadata.host.split_lock_mitigate,
+        );
         for vm in &metadata.vms {
             model.set_process_info(vm.pid, vm.info.clone());
         }
@@ -160,9 +159,7 @@ impl Replay {
             Record::Lost(lost) => self.lost_record(lost),
             Record::Mitigation(change) => {
                 self.advance_to(change.ts_ns);
-                let misery =
-                    host::misery_possible(change.to, self.metadata.host.kernel_release.as_deref());
-                self.model.mitigation_changed(change, misery);
+                self.model.mitigation_changed(change);
                 // A hostile recording could repeat it for ever: the model
                 // follows every one, the list keeps the first MAX_LOST_KEYS;
                 // the count and the latest are kept apart.

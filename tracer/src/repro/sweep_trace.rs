@@ -52,7 +52,9 @@ pub struct TracedRun {
 pub struct SweepTracer {
     runtime: tokio::runtime::Runtime,
     session: TraceSession,
-    misery_possible: Option<bool>,
+    /// This host's kernel release and `kernel.split_lock_mitigate`, for
+    /// the model of each run.
+    host: (Option<String>, Option<u32>),
 }
 
 impl SweepTracer {
@@ -73,7 +75,10 @@ impl SweepTracer {
         Ok(Self {
             runtime,
             session,
-            misery_possible: HostRoot::live().misery_possible(),
+            host: {
+                let host = HostRoot::live();
+                (host.kernel_release(), host.split_lock_mitigate())
+            },
         })
     }
 
@@ -96,7 +101,7 @@ impl SweepTracer {
         // Events are applied as they are drained: memory stays bounded by
         // one drain, whatever the period and the duration.
         let mut events = Vec::new();
-        let mut replay = RunReplay::new(self.misery_possible);
+        let mut replay = RunReplay::new(&self.host);
         let session = &mut self.session;
         let report = std::thread::scope(|scope| {
             let run = scope.spawn(work);
@@ -152,9 +157,9 @@ struct RunReplay {
 }
 
 impl RunReplay {
-    fn new(misery_possible: Option<bool>) -> Self {
+    fn new((kernel_release, split_lock_mitigate): &(Option<String>, Option<u32>)) -> Self {
         let mut model = Model::new();
-        model.set_misery_possible(misery_possible);
+        model.set_host(kernel_release.as_deref(), *split_lock_mitigate);
         Self {
             model,
             next_tick: None,

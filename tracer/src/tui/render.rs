@@ -9,7 +9,7 @@ use ratatui::{
     widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap},
 };
 use tracer_events::{
-    ThreadRow, Verdict,
+    SPLIT_LOCK_MITIGATE, ThreadRow, Verdict,
     text::{escape, rate},
 };
 
@@ -219,8 +219,8 @@ fn header_lines(screen: &Screen, state: &ViewState) -> Vec<TextLine<'static>> {
     // The last change says the sysctl's value when it was the sysctl's;
     // after another setting's change (microcode) both are shown.
     let mitigate = match &status.mitigation_change {
-        Some(change) if change.starts_with("split_lock_mitigate ") => escape(change).into_owned(),
-        Some(change) => format!("split_lock_mitigate {value} │ {}", escape(change)),
+        Some(note) if note.setting == SPLIT_LOCK_MITIGATE => escape(&note.text).into_owned(),
+        Some(note) => format!("split_lock_mitigate {value} │ {}", escape(&note.text)),
         None => format!("split_lock_mitigate {value}"),
     };
     let second = format!(

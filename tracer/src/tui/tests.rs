@@ -7,7 +7,7 @@ use tracer_events::{Comm, Event, EventBody, ProcessInfo, TracingMode, TrapSource
 
 use super::{Input, LineKey, Screen, ViewState, render};
 use crate::{
-    live::ViewStatus,
+    live::{MitigationNote, ViewStatus},
     model::Model,
     simulate::{self, Scenario},
 };
@@ -225,6 +225,37 @@ fn the_modelled_host_has_40_vcpus_in_3_vms_and_a_host_process() {
             .rows
             .iter()
             .any(|row| row.tid == 7001 && row.verdict == Verdict::Throttled)
+    );
+}
+
+/// The header's second line after a change: the sysctl's own change
+/// replaces its value; another setting's change is shown beside it.
+#[test]
+fn the_header_tells_the_sysctl_change_from_other_settings() {
+    let mut screen = modelled_host();
+    let mut state = ViewState::default();
+    screen.status.split_lock_mitigate = Some(0);
+    screen.status.mitigation_change = Some(MitigationNote {
+        setting: tracer_events::SPLIT_LOCK_MITIGATE.into(),
+        text: "split_lock_mitigate 1 → 0 at 12:03:04".into(),
+    });
+    let text = draw(&mut state, &screen, 200, 50);
+    let second = text.lines().nth(1).unwrap();
+    assert!(
+        second.starts_with("split_lock_mitigate 1 → 0 at 12:03:04 │ detect"),
+        "{second}"
+    );
+    screen.status.mitigation_change = Some(MitigationNote {
+        setting: tracer_events::MICROCODE_REVISION.into(),
+        text: "microcode 0x24000023 → 0x24000024 at 12:05:00".into(),
+    });
+    let text = draw(&mut state, &screen, 200, 50);
+    let second = text.lines().nth(1).unwrap();
+    assert!(
+        second.starts_with(
+            "split_lock_mitigate 0 │ microcode 0x24000023 → 0x24000024 at 12:05:00 │ detect"
+        ),
+        "{second}"
     );
 }
 
