@@ -407,6 +407,56 @@ fn report_rejects_bad_input_with_exit_code_2_and_the_line() {
     let (code, stderr) = report_exit(&[], &corrupt);
     assert_eq!(code, 2);
     assert!(stderr.contains("corrupt.jsonl:7:"), "{stderr}");
+    // The streamed formats have written the lines before the bad one by
+    // then: the partial output is removed, not left as if whole.
+    for format in ["ftrace", "perfetto", "json"] {
+        let partial = dir.path().join(format!("partial.{format}"));
+        let (code, stderr) = report_exit(
+            &["--format", format, "-o", partial.to_str().unwrap()],
+            &corrupt,
+        );
+        assert_eq!(code, 2, "{format}: {stderr}");
+        assert!(
+            !partial.exists(),
+            "{format}: {} left behind",
+            partial.display()
+        );
+    }
+    // A reader that goes away early (`| head`) is not an error: the text
+    // of this recording (megabytes) is far more than a pipe holds, so the
+    // tracer meets the closed pipe while it streams.
+    let long = dir.path().join("long.jsonl");
+    let scenario = Scenario::seed_001(250, 0.05, 2000);
+    let run = simulate::run(&scenario);
+    let writer = RecordingWriter::create(
+        &long,
+        false,
+        simulate::modelled_metadata(&[scenario], ProbeSet::Full, 0),
+        1 << 16,
+    )
+    .unwrap();
+    for event in &run.events {
+        writer.event(event.clone());
+    }
+    drop(writer);
+    assert!(std::fs::metadata(&long).unwrap().len() > 1 << 20);
+    let mut child = Command::new(TRACER)
+        .args(["report", "--format", "ftrace"])
+        .arg(&long)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0_u8; 64];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("stdout") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
 
     let (code, stderr) = report_exit(&["--format", "perfetto"], &good);
     assert_eq!(code, 2);

@@ -1,6 +1,9 @@
 //! `tracer report`: replay a recording through the model and render it.
 
-use std::io::Write as _;
+use std::{
+    io::{BufWriter, ErrorKind, Write},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use tracer_events::{
@@ -16,26 +19,27 @@ use crate::{
 };
 
 #[cfg(feature = "perfetto")]
-type PerfettoBuilder = report::perfetto::PerfettoBuilder;
+use report::perfetto::PerfettoBuilder;
 
 /// Stand-in when built without the `perfetto` feature: refuses the format.
 #[cfg(not(feature = "perfetto"))]
-struct PerfettoBuilder;
+struct PerfettoBuilder<W>(W);
 
 #[cfg(not(feature = "perfetto"))]
 #[allow(
     clippy::unused_self,
-    reason = "the same calls as the real builder, which uses self"
+    clippy::unnecessary_wraps,
+    reason = "the same calls as the real builder, which uses self and can fail"
 )]
-impl PerfettoBuilder {
-    fn new(_: &tracer_events::Metadata) -> Self {
-        Self
+impl<W> PerfettoBuilder<W> {
+    fn new(_: &tracer_events::Metadata, out: W) -> Self {
+        Self(out)
     }
     fn event(&mut self, _: &tracer_events::Event) {}
     fn lost(&mut self, _: &tracer_events::LostRecord) {}
     fn mitigation(&mut self, _: &tracer_events::MitigationChange) {}
-    fn finish(self, _: &[tracer_events::VerdictChange], _: u64) -> Vec<u8> {
-        Vec::new()
+    fn finish(self, _: &[tracer_events::VerdictChange], _: u64) -> std::io::Result<(W, u64)> {
+        Ok((self.0, 0))
     }
 }
 
@@ -72,7 +76,96 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// Where the report goes: the `-o` file (created when the report starts,
+/// removed again when it fails) or stdout. The ftrace text and the
+/// Perfetto trace are written while the recording is read, so memory does
+/// not grow with its length; the table and JSON are written at the end.
+struct Output {
+    writer: BufWriter<Box<dyn Write>>,
+    /// The file this report created.
+    created: Option<PathBuf>,
+    /// The reader of stdout went away (`tracer report … | head`): the rest
+    /// is not written, and that is not an error.
+    closed: bool,
+}
+
+impl Output {
+    fn open(path: Option<&Path>, force: bool) -> anyhow::Result<Self> {
+        let (inner, created): (Box<dyn Write>, _) = match path {
+            Some(path) => (
+                Box::new(writer::create_output(path, force)?),
+                Some(path.to_owned()),
+            ),
+            None => (Box::new(std::io::stdout()), None),
+        };
+        Ok(Self {
+            writer: BufWriter::with_capacity(1 << 16, inner),
+            created,
+            closed: false,
+        })
+    }
+
+    /// Context for a write error.
+    fn target(&self) -> String {
+        self.created.as_ref().map_or_else(
+            || "writing to stdout".to_owned(),
+            |path| format!("writing {}", path.display()),
+        )
+    }
+
+    /// Writes `text`; a closed stdout ends the writing quietly.
+    fn text(&mut self, text: &str) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.writer.write_all(text.as_bytes()) {
+            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.created.is_none() => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.with_context(|| self.target()),
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        match self.writer.flush() {
+            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.created.is_none() => Ok(()),
+            other => other.with_context(|| self.target()),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// What the records are rendered into while they are read.
+enum Stream {
+    /// Table or JSON: everything at the end.
+    AtEnd(Output),
+    Ftrace(Output),
+    Perfetto(PerfettoBuilder<Output>),
+}
+
 fn render(args: &ReportArgs) -> anyhow::Result<i32> {
+    let mut created = None;
+    let result = render_into(args, &mut created);
+    if result.is_err()
+        && let Some(path) = created
+    {
+        // A report cut short by bad input or a write error is not left
+        // behind as if it were whole.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn render_into(args: &ReportArgs, created: &mut Option<PathBuf>) -> anyhow::Result<i32> {
     let mut reader = RecordingReader::open(&args.file)?;
     // Files given now replace the names the recording carries.
     let mut symbolizer = Symbolizer::new(args.symbols.load()?);
@@ -81,45 +174,39 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
         reader.metadata.guest_symbols = symbolizer.infos();
     }
     let mut replay = Replay::new(reader.metadata.clone());
-    let mut text = String::new();
-    let mut perfetto =
-        (args.format == ReportFormat::Perfetto).then(|| PerfettoBuilder::new(&reader.metadata));
-    if args.format == ReportFormat::Ftrace {
-        text.push_str(&ftrace::header(&reader.metadata));
-        text.push_str("#\n# TASK-TID [CPU] TIMESTAMP: FUNCTION: DETAILS\n");
-    }
+    let mut out = Output::open(args.output.as_deref(), args.force)?;
+    created.clone_from(&out.created);
+    let mut stream = match args.format {
+        ReportFormat::Ftrace => {
+            out.text(&ftrace::header(&reader.metadata))?;
+            out.text("#\n# TASK-TID [CPU] TIMESTAMP: FUNCTION: DETAILS\n")?;
+            Stream::Ftrace(out)
+        }
+        ReportFormat::Perfetto => Stream::Perfetto(PerfettoBuilder::new(&reader.metadata, out)),
+        ReportFormat::Table | ReportFormat::Json => Stream::AtEnd(out),
+    };
+    let mut line = String::new();
     while let Some(mut record) = reader.next_record()? {
         if let Record::Event(event) = &mut record {
             symbolizer.symbolize(event);
         }
-        match (&record, args.format) {
-            (Record::Event(event), ReportFormat::Ftrace) => {
-                text.push_str(&ftrace::event_line(event));
-                text.push('\n');
-            }
-            (Record::Mitigation(change), ReportFormat::Ftrace) => {
-                text.push_str(&ftrace::mitigation_line(change));
-                text.push('\n');
-            }
-            (Record::Mitigation(change), ReportFormat::Perfetto) => {
-                if let Some(builder) = perfetto.as_mut() {
-                    builder.mitigation(change);
+        match (&mut stream, &record) {
+            (Stream::Ftrace(out), record) => {
+                line.clear();
+                match record {
+                    Record::Event(event) => line.push_str(&ftrace::event_line(event)),
+                    Record::Mitigation(change) => line.push_str(&ftrace::mitigation_line(change)),
+                    Record::Lost(lost) => line.push_str(&ftrace::lost_line(lost)),
+                    _ => {}
+                }
+                if !line.is_empty() {
+                    line.push('\n');
+                    out.text(&line)?;
                 }
             }
-            (Record::Lost(lost), ReportFormat::Ftrace) => {
-                text.push_str(&ftrace::lost_line(lost));
-                text.push('\n');
-            }
-            (Record::Event(event), ReportFormat::Perfetto) => {
-                if let Some(builder) = perfetto.as_mut() {
-                    builder.event(event);
-                }
-            }
-            (Record::Lost(lost), ReportFormat::Perfetto) => {
-                if let Some(builder) = perfetto.as_mut() {
-                    builder.lost(lost);
-                }
-            }
+            (Stream::Perfetto(builder), Record::Event(event)) => builder.event(event),
+            (Stream::Perfetto(builder), Record::Lost(lost)) => builder.lost(lost),
+            (Stream::Perfetto(builder), Record::Mitigation(change)) => builder.mitigation(change),
             _ => {}
         }
         replay.apply(&record);
@@ -132,46 +219,33 @@ fn render(args: &ReportArgs) -> anyhow::Result<i32> {
         symbolizer.annotate_row(row);
     }
     let start_ns = reader.metadata.clock.start_ns;
-    match args.format {
-        ReportFormat::Table => {
-            text = report::render_table(&result, start_ns);
+    match stream {
+        Stream::AtEnd(mut out) => {
+            let text = if args.format == ReportFormat::Json {
+                let document = report::render_json(&reader.metadata, &result, &reader.warnings);
+                let mut text = serde_json::to_string_pretty(&document)?;
+                text.push('\n');
+                text
+            } else {
+                report::render_table(&result, start_ns)
+            };
+            out.text(&text)?;
+            out.finish()?;
         }
-        ReportFormat::Ftrace => text.push_str(&ftrace::footer(&result, &reader.warnings)),
-        ReportFormat::Json => {
-            let document = report::render_json(&reader.metadata, &result, &reader.warnings);
-            text = serde_json::to_string_pretty(&document)?;
-            text.push('\n');
+        Stream::Ftrace(mut out) => {
+            out.text(&ftrace::footer(&result, &reader.warnings))?;
+            out.finish()?;
         }
-        ReportFormat::Perfetto => {
-            let bytes = perfetto
-                .take()
-                .expect("perfetto builder")
-                .finish(&result.changes, replay.end_ns());
+        Stream::Perfetto(builder) => {
             let path = args.output.as_ref().expect("checked above");
-            let mut file = writer::create_output(path, args.force)?;
-            file.write_all(&bytes)
+            let (out, written) = builder
+                .finish(&result.changes, replay.end_ns())
                 .with_context(|| format!("writing {}", path.display()))?;
+            out.finish()?;
             eprintln!(
-                "wrote {} bytes of Perfetto trace to {}",
-                bytes.len(),
+                "wrote {written} bytes of Perfetto trace to {}",
                 path.display()
             );
-            return Ok(0);
-        }
-    }
-    if let Some(path) = &args.output {
-        let mut file = writer::create_output(path, args.force)?;
-        file.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    } else {
-        let mut stdout = std::io::stdout().lock();
-        let written = stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush());
-        match written {
-            // `tracer report ... | head` is fine.
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other.context("writing to stdout")?,
         }
     }
     Ok(0)

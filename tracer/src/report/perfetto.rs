@@ -2,15 +2,21 @@
 //! generated from Perfetto's own .proto files): one track per thread,
 //! slices for split-lock episodes, instants for traps, signals, KVM exits,
 //! losses and verdict changes, counter tracks for per-second rates.
+//!
+//! Each packet is encoded and written as soon as it is made (a `Trace` is
+//! its packets one after another, each as field 1), so memory stays bounded
+//! by the threads' state, whatever the recording's length.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+};
 
 use perfetto_protos::{
     counter_descriptor::CounterDescriptor,
     debug_annotation::DebugAnnotation,
     process_descriptor::ProcessDescriptor,
     thread_descriptor::ThreadDescriptor,
-    trace::Trace,
     trace_packet::TracePacket,
     track_descriptor::TrackDescriptor,
     track_event::{TrackEvent, track_event::Type},
@@ -74,9 +80,22 @@ struct ThreadTrack {
     counts: [u64; 3],
 }
 
-/// Builds a Perfetto trace from a stream of records.
-pub struct PerfettoBuilder {
-    trace: Trace,
+/// The key of `Trace.packet` (field 1, length-delimited), written before
+/// each packet's length and bytes.
+const TRACE_PACKET_KEY: u8 = (1 << 3) | 2;
+
+/// Builds a Perfetto trace from a stream of records, writing it to `W`.
+pub struct PerfettoBuilder<W: Write> {
+    out: W,
+    /// Packets written so far.
+    packets: u64,
+    /// Bytes written so far.
+    written: u64,
+    /// Reused encoding buffer of one packet.
+    scratch: Vec<u8>,
+    /// The first write error: nothing more is written after it, and
+    /// [`PerfettoBuilder::finish`] returns it.
+    error: Option<std::io::Error>,
     processes: BTreeMap<u32, ProcessInfo>,
     declared_processes: std::collections::BTreeSet<u32>,
     threads: HashMap<u32, ThreadTrack>,
@@ -104,11 +123,16 @@ fn annotation_int(name: &str, value: i64) -> DebugAnnotation {
     annotation
 }
 
-impl PerfettoBuilder {
-    /// A builder that names processes from the recording's metadata.
-    pub fn new(metadata: &Metadata) -> Self {
+impl<W: Write> PerfettoBuilder<W> {
+    /// A builder that names processes from the recording's metadata and
+    /// writes the trace to `out`.
+    pub fn new(metadata: &Metadata, out: W) -> Self {
         let mut builder = Self {
-            trace: Trace::new(),
+            out,
+            packets: 0,
+            written: 0,
+            scratch: Vec::new(),
+            error: None,
             processes: metadata
                 .vms
                 .iter()
@@ -135,17 +159,35 @@ impl PerfettoBuilder {
         packet.set_timestamp(ts_ns);
         packet.set_timestamp_clock_id(CLOCK_MONOTONIC_ID);
         packet.set_trusted_packet_sequence_id(SEQUENCE_ID);
-        if self.trace.packet.is_empty() {
+        if self.packets == 0 {
             packet.set_sequence_flags(1); // SEQ_INCREMENTAL_STATE_CLEARED
             packet.set_first_packet_on_sequence(true);
         }
         packet
     }
 
+    /// Encodes `packet` and writes it as the trace's next `packet` field.
+    fn write(&mut self, packet: &TracePacket) {
+        self.packets += 1;
+        if self.error.is_some() {
+            return;
+        }
+        self.scratch.clear();
+        self.scratch.push(TRACE_PACKET_KEY);
+        if let Err(error) = packet.write_length_delimited_to_vec(&mut self.scratch) {
+            self.error = Some(std::io::Error::other(error));
+            return;
+        }
+        match self.out.write_all(&self.scratch) {
+            Ok(()) => self.written += self.scratch.len() as u64,
+            Err(error) => self.error = Some(error),
+        }
+    }
+
     fn descriptor(&mut self, ts_ns: u64, descriptor: TrackDescriptor) {
         let mut packet = self.packet(ts_ns);
         packet.set_track_descriptor(descriptor);
-        self.trace.packet.push(packet);
+        self.write(&packet);
     }
 
     fn track_event(
@@ -166,7 +208,7 @@ impl PerfettoBuilder {
         event.debug_annotations = annotations;
         let mut packet = self.packet(ts_ns);
         packet.set_track_event(event);
-        self.trace.packet.push(packet);
+        self.write(&packet);
     }
 
     fn counter_value(&mut self, ts_ns: u64, track: u64, value: i64) {
@@ -176,7 +218,7 @@ impl PerfettoBuilder {
         event.set_counter_value(value);
         let mut packet = self.packet(ts_ns);
         packet.set_track_event(event);
-        self.trace.packet.push(packet);
+        self.write(&packet);
     }
 
     fn ensure_thread(&mut self, ts_ns: u64, pid: u32, tid: u32, comm: &str) {
@@ -415,9 +457,10 @@ impl PerfettoBuilder {
         );
     }
 
-    /// Adds verdict-change instants, closes open slices and flushes the
-    /// counters; returns the encoded trace.
-    pub fn finish(mut self, changes: &[VerdictChange], end_ns: u64) -> Vec<u8> {
+    /// Adds verdict-change instants, closes open slices, flushes the
+    /// counters and the writer; returns the writer and the bytes written,
+    /// or the first write error.
+    pub fn finish(mut self, changes: &[VerdictChange], end_ns: u64) -> std::io::Result<(W, u64)> {
         let end = end_ns.max(self.last_ts);
         for change in changes {
             if change.from.is_none() && matches!(change.to, Verdict::Ok | Verdict::Idle) {
@@ -453,6 +496,10 @@ impl PerfettoBuilder {
             );
             self.roll_buckets(tid, end + BUCKET_NS);
         }
-        self.trace.write_to_bytes().expect("perfetto trace encodes")
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.out.flush()?;
+        Ok((self.out, self.written))
     }
 }

@@ -137,7 +137,7 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
     let path = dir.path().join("rec.jsonl");
     write_recording(&path, 1500, ProbeSet::Full);
     let replayed = replay(&path);
-    let mut builder = PerfettoBuilder::new(&replayed.metadata);
+    let mut builder = PerfettoBuilder::new(&replayed.metadata, Vec::new());
     let mut traps = 0;
     let mut signals = 0;
     for record in &replayed.records {
@@ -154,7 +154,10 @@ fn perfetto_export_decodes_back_with_tracks_slices_instants_and_counters() {
             }
         }
     }
-    let bytes = builder.finish(&replayed.result.changes, replayed.end_ns);
+    let (bytes, written) = builder
+        .finish(&replayed.result.changes, replayed.end_ns)
+        .unwrap();
+    assert_eq!(written, bytes.len() as u64);
     let trace = Trace::parse_from_bytes(&bytes).expect("valid Perfetto protobuf");
     let threads: Vec<_> = trace
         .packet
