@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     }
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    share_ebpf_target_dir(&out_dir)?;
     let log = out_dir.join(LOG);
     let (built, printed) = with_stdout_in(&log, || {
         aya_build::build_ebpf(
@@ -151,6 +152,48 @@ fn with_stdout_in(
     let printed =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok((result, printed))
+}
+
+/// Points the eBPF build's target directory (aya-build puts it at
+/// `OUT_DIR/aya-build/target/tracer-ebpf`, one per host profile and
+/// feature set) at one directory beside the host profiles,
+/// `<target>/ebpf-build`. Its cargo invocation is the same from every host
+/// build (release, BPF target, fixed flags), so clippy's check, the test
+/// build and the static release build share one build of `core` and the
+/// object instead of making three; cargo's own fingerprints and lock keep
+/// that directory correct. Without a cargo target directory above
+/// `OUT_DIR` nothing is shared.
+fn share_ebpf_target_dir(out_dir: &Path) -> anyhow::Result<()> {
+    // OUT_DIR is <target>[/<triple>]/<profile>/build/<unit>/out; cargo marks
+    // <target> (and <target>/<triple>) with CACHEDIR.TAG.
+    let Some(target) = out_dir
+        .ancestors()
+        .take(7)
+        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .last()
+    else {
+        return Ok(());
+    };
+    let shared = target.join("ebpf-build");
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    let parent = out_dir.join("aya-build/target");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let link = parent.join("tracer-ebpf");
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(&link).is_ok_and(|to| to == shared) {
+                return Ok(());
+            }
+            std::fs::remove_file(&link)
+        }
+        // An unshared build from before: its own copy, no longer used.
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&link),
+        Ok(_) => std::fs::remove_file(&link),
+        Err(_) => Ok(()),
+    }
+    .with_context(|| format!("removing {}", link.display()))?;
+    std::os::unix::fs::symlink(&shared, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), shared.display()))
 }
 
 fn which_bpf_linker() -> Option<PathBuf> {
