@@ -8,7 +8,7 @@ use crate::{
     ClockInfo, EndReason, Event, EventBody, FORMAT_NAME, FORMAT_VERSION, HostFacts, LostCause,
     LostRecord, Metadata, ProbeReport, Record, Summary, TracerIdentity,
     reader::{ReadError, RecordingReader},
-    writer::{CreateError, RecordingWriter, create_output},
+    writer::{CreateError, RecordingWriter, Replacement, create_output},
 };
 
 /// Sample events, not a model of anything: `count` pairs of a timer
@@ -290,6 +290,62 @@ fn output_files_are_never_clobbered_or_followed() {
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "");
     let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "--force tightens an overwritten file's mode");
+}
+
+#[test]
+fn a_replacement_touches_the_path_only_when_committed() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("report.txt");
+    std::fs::write(&existing, "earlier").unwrap();
+    let link = dir.path().join("link.txt");
+    std::os::unix::fs::symlink(&existing, &link).unwrap();
+    assert!(matches!(
+        Replacement::create(&existing, false),
+        Err(CreateError::Exists(_))
+    ));
+    assert!(matches!(
+        Replacement::create(&link, true),
+        Err(CreateError::Symlink(_))
+    ));
+    assert!(matches!(
+        Replacement::create(dir.path(), true),
+        Err(CreateError::NotRegular { .. })
+    ));
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Dropped unfinished: the path keeps its content, the temporary goes.
+    let mut unfinished = Replacement::create(&existing, true).unwrap();
+    unfinished.write_all(b"half").unwrap();
+    assert_eq!(names().len(), 3, "{:?}", names());
+    drop(unfinished);
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "earlier");
+    assert_eq!(names(), ["link.txt", "report.txt"]);
+
+    let mut whole = Replacement::create(&existing, true).unwrap();
+    whole.write_all(b"whole").unwrap();
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "earlier");
+    whole.commit().unwrap();
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "whole");
+    let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(names(), ["link.txt", "report.txt"]);
+
+    // Without --force, a file that appeared meanwhile is kept.
+    let late = dir.path().join("late.txt");
+    let mut racing = Replacement::create(&late, false).unwrap();
+    racing.write_all(b"report").unwrap();
+    std::fs::write(&late, "appeared").unwrap();
+    assert!(matches!(racing.commit(), Err(CreateError::Exists(_))));
+    assert_eq!(std::fs::read_to_string(&late).unwrap(), "appeared");
+    assert_eq!(names(), ["late.txt", "link.txt", "report.txt"]);
 }
 
 #[test]

@@ -98,6 +98,104 @@ pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
     }
 }
 
+/// Refuses `path` as an output before anything is opened: a symlink, a
+/// non-regular file, or an existing file without `force`.
+fn check_output_path(path: &Path, force: bool) -> Result<(), CreateError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(CreateError::Symlink(path.to_owned())),
+        Ok(meta) if !meta.file_type().is_file() => Err(CreateError::NotRegular {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        }),
+        Ok(_) if !force => Err(CreateError::Exists(path.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// An output written whole or not at all (a report): the bytes go to a
+/// hidden temporary file beside `path` (mode 0600, created exclusively) and
+/// [`Replacement::commit`] renames it over `path`. Until then `path` is
+/// untouched, so a report that fails part-way (bad input, a full disk)
+/// leaves a file given with `--force` as it was; dropping the replacement
+/// removes the temporary file.
+#[derive(Debug)]
+pub struct Replacement {
+    temp: tempfile::NamedTempFile,
+    path: PathBuf,
+    force: bool,
+}
+
+impl Replacement {
+    /// Checks `path` as [`create_output`] does and creates the temporary
+    /// file in its directory.
+    ///
+    /// # Errors
+    /// The [`CreateError`] for `path`, or the temporary file's I/O error.
+    pub fn create(path: &Path, force: bool) -> Result<Self, CreateError> {
+        check_output_path(path, force)?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(path.file_name().unwrap_or_default());
+        prefix.push(".");
+        let temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|source| CreateError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            temp,
+            path: path.to_owned(),
+            force,
+        })
+    }
+
+    /// The path the output replaces.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the finished output over the path (atomically; a symlink
+    /// or file put there meanwhile is replaced, not followed, and without
+    /// `force` a file that appeared meanwhile is kept and the output fails).
+    ///
+    /// # Errors
+    /// The rename's error; the temporary file is then removed.
+    pub fn commit(self) -> Result<(), CreateError> {
+        let io = |source| CreateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.temp.as_file().sync_data().map_err(io)?;
+        let persisted = if self.force {
+            self.temp.persist(&self.path)
+        } else {
+            self.temp.persist_noclobber(&self.path)
+        };
+        persisted
+            .map(drop)
+            .map_err(|error| match error.error.raw_os_error() {
+                Some(libc::EEXIST) => CreateError::Exists(self.path.clone()),
+                _ => io(error.error),
+            })
+    }
+}
+
+impl std::io::Write for Replacement {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.temp.write(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.temp.flush()
+    }
+}
+
 /// Opens `path` for a new output (a recording, a report): mode 0600, never
 /// through a symlink, never over an existing file unless `force`, and only
 /// ever a regular file: a device node, FIFO, socket or directory is refused
@@ -108,19 +206,7 @@ pub fn create_output(path: &Path, force: bool) -> Result<File, CreateError> {
         path: path.to_owned(),
         source,
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(CreateError::Symlink(path.to_owned()));
-        }
-        Ok(meta) if !meta.file_type().is_file() => {
-            return Err(CreateError::NotRegular {
-                path: path.to_owned(),
-                kind: file_kind(meta.file_type()),
-            });
-        }
-        Ok(_) if !force => return Err(CreateError::Exists(path.to_owned())),
-        _ => {}
-    }
+    check_output_path(path, force)?;
     let mut options = std::fs::OpenOptions::new();
     // O_NONBLOCK: a FIFO swapped in after the check must not block the
     // open (it fails with ENXIO without a reader; regular files ignore it).

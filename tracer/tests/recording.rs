@@ -422,6 +422,69 @@ fn report_rejects_bad_input_with_exit_code_2_and_the_line() {
             partial.display()
         );
     }
+    // A file replaced with --force stays as it was when the report fails
+    // part-way: the report is renamed into place only when whole.
+    for format in ["ftrace", "perfetto", "json"] {
+        let kept = dir.path().join(format!("kept.{format}"));
+        std::fs::write(&kept, "earlier report").unwrap();
+        let (code, stderr) = report_exit(
+            &["--format", format, "--force", "-o", kept.to_str().unwrap()],
+            &corrupt,
+        );
+        assert_eq!(code, 2, "{format}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&kept).unwrap(),
+            "earlier report",
+            "{format}"
+        );
+    }
+    // The recording itself is never the output, also with --force and
+    // through a hard link.
+    let copy = dir.path().join("copy.jsonl");
+    std::fs::copy(&good, &copy).unwrap();
+    let hard_link = dir.path().join("hard-link.txt");
+    std::fs::hard_link(&copy, &hard_link).unwrap();
+    for output in [&copy, &hard_link] {
+        let (code, stderr) = report_exit(&["--force", "-o", output.to_str().unwrap()], &copy);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("is the recording being read"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), text);
+    }
+    // A whole report replaces the file, with mode 0600.
+    let replaced = dir.path().join("kept.ftrace");
+    std::fs::set_permissions(
+        &replaced,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, stderr) = report_exit(
+        &[
+            "--format",
+            "ftrace",
+            "--force",
+            "-o",
+            replaced.to_str().unwrap(),
+        ],
+        &good,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let meta = std::fs::metadata(&replaced).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&replaced)
+            .unwrap()
+            .contains("# tracer:")
+    );
+    // No temporary file is left beside the outputs, failed or whole.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // A reader that goes away early (`| head`) is not an error: the text
     // of this recording (megabytes) is far more than a pipe holds, so the
     // tracer meets the closed pipe while it streams.

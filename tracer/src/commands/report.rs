@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufWriter, ErrorKind, Write},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::Context as _;
@@ -38,6 +38,9 @@ impl<W> PerfettoBuilder<W> {
     fn event(&mut self, _: &tracer_events::Event) {}
     fn lost(&mut self, _: &tracer_events::LostRecord) {}
     fn mitigation(&mut self, _: &tracer_events::MitigationChange) {}
+    fn write_error(&self) -> std::io::Result<()> {
+        Ok(())
+    }
     fn finish(self, _: &[tracer_events::VerdictChange], _: u64) -> std::io::Result<(W, u64)> {
         Ok((self.0, 0))
     }
@@ -60,6 +63,17 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
         );
         return Ok(EXIT_BAD_INPUT);
     }
+    if let Some(output) = &args.output
+        && is_same_file(&args.file, output)
+    {
+        // The evidence would be replaced by its report (also through a
+        // hard link or another path to the same file).
+        eprintln!(
+            "tracer: {} is the recording being read; refusing to write the report over it",
+            output.display()
+        );
+        return Ok(EXIT_BAD_INPUT);
+    }
     match render(args) {
         Ok(code) => Ok(code),
         Err(error) => match error.downcast_ref::<ReadError>() {
@@ -76,41 +90,61 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Where the report goes: the `-o` file (created when the report starts,
-/// removed again when it fails) or stdout. The ftrace text and the
+/// Where the report goes: the `-o` file or stdout. The ftrace text and the
 /// Perfetto trace are written while the recording is read, so memory does
-/// not grow with its length; the table and JSON are written at the end.
+/// not grow with its length; the table and JSON are written at the end. A
+/// file is written beside its path and renamed into place only when the
+/// report is whole ([`writer::Replacement`]), so a failed report leaves no
+/// partial file and a file replaced with `--force` stays as it was.
 struct Output {
-    writer: BufWriter<Box<dyn Write>>,
-    /// The file this report created.
-    created: Option<PathBuf>,
+    writer: BufWriter<Target>,
     /// The reader of stdout went away (`tracer report … | head`): the rest
     /// is not written, and that is not an error.
     closed: bool,
 }
 
+enum Target {
+    Stdout(std::io::Stdout),
+    File(writer::Replacement),
+}
+
+impl Write for Target {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stdout(out) => out.write(bytes),
+            Self::File(file) => file.write(bytes),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.flush(),
+            Self::File(file) => file.flush(),
+        }
+    }
+}
+
 impl Output {
     fn open(path: Option<&Path>, force: bool) -> anyhow::Result<Self> {
-        let (inner, created): (Box<dyn Write>, _) = match path {
-            Some(path) => (
-                Box::new(writer::create_output(path, force)?),
-                Some(path.to_owned()),
-            ),
-            None => (Box::new(std::io::stdout()), None),
+        let target = match path {
+            Some(path) => Target::File(writer::Replacement::create(path, force)?),
+            None => Target::Stdout(std::io::stdout()),
         };
         Ok(Self {
-            writer: BufWriter::with_capacity(1 << 16, inner),
-            created,
+            writer: BufWriter::with_capacity(1 << 16, target),
             closed: false,
         })
     }
 
+    fn is_stdout(&self) -> bool {
+        matches!(self.writer.get_ref(), Target::Stdout(_))
+    }
+
     /// Context for a write error.
     fn target(&self) -> String {
-        self.created.as_ref().map_or_else(
-            || "writing to stdout".to_owned(),
-            |path| format!("writing {}", path.display()),
-        )
+        match self.writer.get_ref() {
+            Target::Stdout(_) => "writing to stdout".to_owned(),
+            Target::File(file) => format!("writing {}", file.path().display()),
+        }
     }
 
     /// Writes `text`; a closed stdout ends the writing quietly.
@@ -119,7 +153,7 @@ impl Output {
             return Ok(());
         }
         match self.writer.write_all(text.as_bytes()) {
-            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.created.is_none() => {
+            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.is_stdout() => {
                 self.closed = true;
                 Ok(())
             }
@@ -127,10 +161,21 @@ impl Output {
         }
     }
 
+    /// Flushes the report and, for a file, renames it into place.
     fn finish(mut self) -> anyhow::Result<()> {
         match self.writer.flush() {
-            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.created.is_none() => Ok(()),
-            other => other.with_context(|| self.target()),
+            Err(error) if error.kind() == ErrorKind::BrokenPipe && self.is_stdout() => {
+                return Ok(());
+            }
+            other => other.with_context(|| self.target())?,
+        }
+        match self
+            .writer
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+        {
+            Target::Stdout(_) => Ok(()),
+            Target::File(file) => Ok(file.commit()?),
         }
     }
 }
@@ -153,19 +198,8 @@ enum Stream {
 }
 
 fn render(args: &ReportArgs) -> anyhow::Result<i32> {
-    let mut created = None;
-    let result = render_into(args, &mut created);
-    if result.is_err()
-        && let Some(path) = created
-    {
-        // A report cut short by bad input or a write error is not left
-        // behind as if it were whole.
-        let _ = std::fs::remove_file(path);
-    }
-    result
-}
-
-fn render_into(args: &ReportArgs, created: &mut Option<PathBuf>) -> anyhow::Result<i32> {
+    // Nothing is at the output path until the report is whole: see
+    // `Output`.
     let mut reader = RecordingReader::open(&args.file)?;
     // Files given now replace the names the recording carries.
     let mut symbolizer = Symbolizer::new(args.symbols.load()?);
@@ -175,7 +209,6 @@ fn render_into(args: &ReportArgs, created: &mut Option<PathBuf>) -> anyhow::Resu
     }
     let mut replay = Replay::new(reader.metadata.clone());
     let mut out = Output::open(args.output.as_deref(), args.force)?;
-    created.clone_from(&out.created);
     let mut stream = match args.format {
         ReportFormat::Ftrace => {
             out.text(&ftrace::header(&reader.metadata))?;
@@ -203,8 +236,17 @@ fn render_into(args: &ReportArgs, created: &mut Option<PathBuf>) -> anyhow::Resu
                     line.push('\n');
                     out.text(&line)?;
                 }
+                if out.closed {
+                    // Nobody reads the rest.
+                    return Ok(0);
+                }
             }
-            (Stream::Perfetto(builder), Record::Event(event)) => builder.event(event),
+            (Stream::Perfetto(builder), Record::Event(event)) => {
+                builder.event(event);
+                builder
+                    .write_error()
+                    .with_context(|| perfetto_target(args))?;
+            }
             (Stream::Perfetto(builder), Record::Lost(lost)) => builder.lost(lost),
             (Stream::Perfetto(builder), Record::Mitigation(change)) => builder.mitigation(change),
             _ => {}
@@ -237,16 +279,29 @@ fn render_into(args: &ReportArgs, created: &mut Option<PathBuf>) -> anyhow::Resu
             out.finish()?;
         }
         Stream::Perfetto(builder) => {
-            let path = args.output.as_ref().expect("checked above");
             let (out, written) = builder
                 .finish(&result.changes, replay.end_ns())
-                .with_context(|| format!("writing {}", path.display()))?;
+                .with_context(|| perfetto_target(args))?;
             out.finish()?;
             eprintln!(
                 "wrote {written} bytes of Perfetto trace to {}",
-                path.display()
+                args.output.as_ref().expect("checked above").display()
             );
         }
     }
     Ok(0)
+}
+
+fn perfetto_target(args: &ReportArgs) -> String {
+    let path = args.output.as_ref().expect("checked above");
+    format!("writing {}", path.display())
+}
+
+/// Whether `output` exists and is the file `input` names.
+fn is_same_file(input: &Path, output: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(input), std::fs::symlink_metadata(output)) {
+        (Ok(input), Ok(output)) => input.dev() == output.dev() && input.ino() == output.ino(),
+        _ => false,
+    }
 }

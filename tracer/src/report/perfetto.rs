@@ -312,6 +312,17 @@ impl<W: Write> PerfettoBuilder<W> {
     }
 
     /// Adds one event.
+    /// The first write error so far, so a caller can stop reading early
+    /// ([`PerfettoBuilder::finish`] still returns the error itself).
+    ///
+    /// # Errors
+    /// A copy of that write error (its kind and message).
+    pub fn write_error(&self) -> std::io::Result<()> {
+        self.error.as_ref().map_or(Ok(()), |error| {
+            Err(std::io::Error::new(error.kind(), error.to_string()))
+        })
+    }
+
     pub fn event(&mut self, event: &Event) {
         let ts = event.ts_ns;
         self.last_ts = self.last_ts.max(ts);
