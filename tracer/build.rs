@@ -50,14 +50,18 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
-    if std::env::var_os("AYA_BUILD_SKIP").is_none() && which_bpf_linker().is_none() {
+    let skip_ebpf = std::env::var_os("AYA_BUILD_SKIP").is_some();
+    if !skip_ebpf && which_bpf_linker().is_none() {
         return Err(anyhow!(
             "bpf-linker is not on PATH; run `cargo xtask setup` (or see README: Build from source)"
         ));
     }
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    share_ebpf_target_dir(&out_dir)?;
+    if !skip_ebpf {
+        let triple = std::env::var("TARGET").context("TARGET")?;
+        share_ebpf_target_dir(&out_dir, &triple)?;
+    }
     let log = out_dir.join(LOG);
     let (built, printed) = with_stdout_in(&log, || {
         aya_build::build_ebpf(
@@ -163,15 +167,16 @@ fn with_stdout_in(
 /// object instead of making three; cargo's own fingerprints and lock keep
 /// that directory correct. Without a cargo target directory above
 /// `OUT_DIR` nothing is shared.
-fn share_ebpf_target_dir(out_dir: &Path) -> anyhow::Result<()> {
+fn share_ebpf_target_dir(out_dir: &Path, triple: &str) -> anyhow::Result<()> {
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<unit>/out; cargo marks
-    // <target> (and <target>/<triple>) with CACHEDIR.TAG.
-    let Some(target) = out_dir
-        .ancestors()
-        .take(7)
-        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
-        .last()
-    else {
+    // <target> with CACHEDIR.TAG. Only that one directory is taken, never
+    // one further up (a `--target-dir target/x` inside another target).
+    let above_profile = out_dir.ancestors().nth(4);
+    let target = match above_profile {
+        Some(dir) if dir.file_name().is_some_and(|name| name == triple) => dir.parent(),
+        other => other,
+    };
+    let Some(target) = target.filter(|dir| dir.join("CACHEDIR.TAG").is_file()) else {
         return Ok(());
     };
     let shared = target.join("ebpf-build");
