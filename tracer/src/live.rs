@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use tracer_events::{
     ThreadRow, TracingMode, UntrackedSignals, Verdict,
@@ -13,8 +13,11 @@ use tracer_events::{
 
 use crate::model::LIVELOCK_MITIGATIONS;
 
-/// The last change of a watched setting, as the header shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The last change of a watched setting, as the header shows it. In JSON
+/// (`live --json`, `report --format json`) it is the header's text alone,
+/// as before the setting was kept beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub struct MitigationNote {
     /// Which setting changed (`tracer_events::SPLIT_LOCK_MITIGATE`, ...).
     pub setting: String,
@@ -22,12 +25,18 @@ pub struct MitigationNote {
     pub text: String,
 }
 
+impl From<MitigationNote> for String {
+    fn from(note: MitigationNote) -> Self {
+        note.text
+    }
+}
+
 /// What the header shows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ViewStatus {
     /// The tracing mode (`None`: nothing useful attached); shown and
     /// serialised as `full`, `tracepoint-only` or `none`.
-    #[serde(with = "mode_text")]
+    #[serde(serialize_with = "mode_text::serialize")]
     pub mode: Option<TracingMode>,
     /// Attached probes.
     pub probes_attached: usize,
@@ -87,7 +96,7 @@ fn is_zero(value: &u64) -> bool {
 
 /// `ViewStatus.mode` as the text the header shows.
 mod mode_text {
-    use serde::{Deserialize as _, Deserializer, Serializer};
+    use serde::Serializer;
     use tracer_events::TracingMode;
 
     #[expect(
@@ -99,16 +108,6 @@ mod mode_text {
         match mode {
             Some(mode) => out.collect_str(mode),
             None => out.serialize_str("none"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        input: D,
-    ) -> Result<Option<TracingMode>, D::Error> {
-        match String::deserialize(input)?.as_str() {
-            "full" => Ok(Some(TracingMode::Full)),
-            "tracepoint-only" => Ok(Some(TracingMode::TracepointOnly)),
-            _ => Ok(None),
         }
     }
 }
@@ -300,6 +299,30 @@ mod tests {
         );
         let now = model.latest_ns();
         model.rows(now, true)
+    }
+
+    #[test]
+    fn the_status_json_carries_the_header_text_of_a_setting_change() {
+        let changed = ViewStatus {
+            mitigation_change: Some(MitigationNote {
+                setting: tracer_events::SPLIT_LOCK_MITIGATE.to_owned(),
+                text: "split_lock_mitigate 1 → 0 at 12:03:04".to_owned(),
+            }),
+            mitigation_changes: 1,
+            ..status()
+        };
+        let json = serde_json::to_value(&changed).unwrap();
+        assert_eq!(
+            json["mitigation_change"],
+            "split_lock_mitigate 1 → 0 at 12:03:04"
+        );
+        assert_eq!(json["mode"], "full");
+        assert!(
+            serde_json::to_value(status())
+                .unwrap()
+                .get("mitigation_change")
+                .is_none()
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod table;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use tracer_events::{
     Event, KPROBES_ENABLED, LossCounts, LostCause, LostRecord, MICROCODE_REVISION, Metadata,
@@ -78,7 +78,7 @@ pub struct Replay {
 }
 
 /// What a replay ends with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReplayResult {
     /// Header values, as the live view shows them.
     pub status: ViewStatus,
