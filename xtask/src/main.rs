@@ -9,6 +9,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 mod setup;
 mod vm_scenarios;
 mod vm_test;
@@ -100,7 +101,7 @@ fn main() {
         Task::VmTest { save_fixtures } => {
             setup::run().and_then(|()| vm_test::run(false, save_fixtures))
         }
-        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz(seconds)),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds, None)),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -120,7 +121,7 @@ pub(crate) fn run_command(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -150,126 +151,6 @@ const HOST_PACKAGES: [&str; 8] = [
 /// `tracer-testkit`, which the integration tests that need them require.
 const TEST_FEATURES: [&str; 2] = ["--features", "tracer/testkit"];
 
-/// cargo-fuzz release installed by `fuzz`.
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
-
-/// Runs each fuzz target for `seconds`: `recording_reader` from the
-/// committed seeds, `doctor_readers` from the host snapshots under
-/// tracer/tests/fixtures/hosts/ (framed as that target reads them). cargo-fuzz
-/// passes nightly-only flags, so the stable toolchain runs with
-/// `RUSTC_BOOTSTRAP=1`, as the eBPF build does.
-fn fuzz(seconds: u64) -> anyhow::Result<()> {
-    // libfuzzer-sys compiles libFuzzer's C++ sources.
-    setup::apt_package("g++", "c++", "--version");
-    let installed = cargo()
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION));
-    if !installed {
-        run_command(cargo().args([
-            "install",
-            "cargo-fuzz",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "--locked",
-        ]))?;
-    }
-    let root = setup::workspace_root()?;
-    let doctor_seeds = root.join("target/fuzz-seeds/doctor_readers");
-    write_doctor_seeds(&root.join("tracer/tests/fixtures/hosts"), &doctor_seeds)?;
-    // doctor_readers writes its snapshots under the temporary directory.
-    let scratch = root.join("target/fuzz-tmp");
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    for (target, seeds, max_len) in [
-        ("recording_reader", root.join("fuzz/seeds"), 65_536),
-        ("doctor_readers", doctor_seeds, 262_144),
-    ] {
-        let corpus = root.join("target/fuzz-corpus").join(target);
-        std::fs::create_dir_all(&corpus)
-            .with_context(|| format!("creating {}", corpus.display()))?;
-        run_command(
-            cargo()
-                .current_dir(root.join("fuzz"))
-                .env("RUSTC_BOOTSTRAP", "1")
-                .env("TMPDIR", &scratch)
-                // No sanitizer: the targets are safe Rust, where libFuzzer's
-                // coverage guidance plus panics and debug assertions find
-                // the bugs; ASan would triple the build time for nothing.
-                // cargo-fuzz's default of one codegen unit per crate stays:
-                // 16 were tried and made the build slower (200 s against
-                // 185 s on a clean clone here) and halved the executions
-                // per second.
-                .args([
-                    "fuzz",
-                    "run",
-                    "--sanitizer",
-                    "none",
-                    "--debug-assertions",
-                    target,
-                ])
-                .arg(&corpus)
-                .arg(&seeds)
-                .args([
-                    "--",
-                    &format!("-max_total_time={seconds}"),
-                    &format!("-max_len={max_len}"),
-                    // A doctor run on a hostile snapshot must end quickly.
-                    "-timeout=10",
-                ]),
-        )?;
-        println!("fuzz: {target} ran {seconds} s without a crash");
-    }
-    Ok(())
-}
-
-/// One seed per host snapshot under `hosts`: every file as
-/// `[u16 LE path length][path][u32 LE content length][content]`, the
-/// framing of fuzz/fuzz_targets/doctor_readers.rs.
-fn write_doctor_seeds(hosts: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                walk(&entry.path(), files)?;
-            } else if entry.file_type()?.is_file() {
-                files.push(entry.path());
-            }
-        }
-        Ok(())
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for host in std::fs::read_dir(hosts).with_context(|| format!("reading {}", hosts.display()))? {
-        let host = host?.path();
-        if !host.is_dir() {
-            continue;
-        }
-        let mut files = Vec::new();
-        walk(&host, &mut files).with_context(|| format!("reading {}", host.display()))?;
-        files.sort();
-        let mut seed = Vec::new();
-        for file in files {
-            let relative = file.strip_prefix(&host)?.to_string_lossy().into_owned();
-            let content =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (Ok(path_len), Ok(content_len)) =
-                (u16::try_from(relative.len()), u32::try_from(content.len()))
-            else {
-                continue;
-            };
-            seed.extend_from_slice(&path_len.to_le_bytes());
-            seed.extend_from_slice(relative.as_bytes());
-            seed.extend_from_slice(&content_len.to_le_bytes());
-            seed.extend_from_slice(&content);
-        }
-        let name = host
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned());
-        let target = out.join(name.unwrap_or_else(|| "host".to_owned()));
-        std::fs::write(&target, seed).with_context(|| format!("writing {}", target.display()))?;
-    }
-    Ok(())
-}
-
 fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow::Result<()> {
     // How long each phase took, printed at the end: CI has 30 minutes on
     // two cores, and this is where a slow phase shows.
@@ -282,6 +163,14 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
         println!("phase: {name}: {:.1} s", took.as_secs_f64());
         phases.push((name, took));
         clock = std::time::Instant::now();
+    };
+    // The fuzz targets' instrumented build runs beside everything up to
+    // the fuzz runs, on the CPU time the foreground leaves idle.
+    let fuzz_build = if fuzz_seconds > 0 {
+        fuzz::install_system_packages();
+        Some(fuzz::Build::start()?)
+    } else {
+        None
     };
     if !no_lint {
         run_command(cargo().args(["fmt", "--all", "--check"]))?;
@@ -312,12 +201,11 @@ fn test(no_lint: bool, fuzz_seconds: u64, no_vm: bool, no_bench: bool) -> anyhow
         .args(["--", "--test-threads=1"]);
     let outcome = run_tests_counting(command)?;
     lap("cargo test (build and run)", &mut phases);
-    let fuzz_result = if fuzz_seconds > 0 {
-        fuzz(fuzz_seconds)
-    } else {
-        Ok(())
+    let fuzz_result = match fuzz_build {
+        Some(build) => fuzz::run(fuzz_seconds, Some(build)),
+        None => Ok(()),
     };
-    lap("fuzz (build and run)", &mut phases);
+    lap("fuzz (rest of the build, and run)", &mut phases);
     // kprobes on real distribution kernels: this machine's kernel has none.
     let vm_result = if no_vm {
         println!("SKIP vm-test: --no-vm given");

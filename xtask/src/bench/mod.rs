@@ -49,6 +49,10 @@ pub struct BenchOptions {
     pub overhead_seconds: u64,
     /// Seconds per loss, CPU and memory run.
     pub sustained_seconds: u64,
+    /// Storm rates of the loss section, run for each tracer configuration.
+    pub loss_rates: &'static [Option<f64>],
+    /// Kick periods of the kick-storm loss section.
+    pub kick_periods: &'static [&'static str],
 }
 
 impl BenchOptions {
@@ -57,12 +61,18 @@ impl BenchOptions {
         repetitions: 3,
         overhead_seconds: 3,
         sustained_seconds: 10,
+        loss_rates: &LOSS_RATES,
+        kick_periods: &KICK_PERIODS,
     };
     /// A short run that exercises every section (numbers are not comparable).
     pub const QUICK: Self = Self {
         repetitions: 1,
         overhead_seconds: 1,
         sustained_seconds: 2,
+        // Each tracer configuration at a fixed rate and flat out; the
+        // shortest kick period and one above it.
+        loss_rates: &[Some(100_000.0), None],
+        kick_periods: &["20us", "1us"],
     };
 }
 
@@ -1031,6 +1041,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
         overheads.push(overhead(workload, &observers, &programs, &work, options)?);
     }
     let mut loss = Vec::new();
+    let options_rates = options.loss_rates;
     let have_perf = observers.contains(&ObserverKind::PerfRecord);
     for options in [
         TracerOptions::default(),
@@ -1043,7 +1054,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
             perf_tracepoint: true,
         },
     ] {
-        for rate in LOSS_RATES {
+        for &rate in options_rates {
             eprintln!("xtask: bench loss {options:?} rate {rate:?}");
             // perf's counter on the tracepoint shares the perf dispatch with
             // the fallback program, so it counts hits only beside the raw one.
@@ -1067,7 +1078,7 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     )?);
     let mut kick_loss = Vec::new();
     if have_kvm {
-        for period in KICK_PERIODS {
+        for &period in options.kick_periods {
             eprintln!("xtask: bench kick-storm loss, period {period}");
             kick_loss.push(kick_loss_run(&programs, &work, period, seconds)?);
         }
